@@ -1,0 +1,33 @@
+"""The built-in registry entries, as lazy ``module:attr`` targets (nothing heavy imported here)."""
+
+from __future__ import annotations
+
+from evalkit.cards import card_entries
+from evalkit.registry import METRICS, MODELS, SUITES
+
+# Models (generators). Factories take (options: dict, context: GeneratorContext).
+MODELS.register(
+    "reference",
+    "evalkit.generators.reference:make_reference_generator",
+    description="the suite's own reference images (real-vs-real sanity numbers)",
+)
+MODELS.register(
+    "toy",
+    "evalkit.generators.toy:make_toy_generator",
+    description="tiny deterministic procedural generator for tests and plumbing",
+)
+MODELS.add_source(card_entries)
+
+# Suites. Factories take (options: dict).
+SUITES.register("shapes", "evalkit.suites.shapes:make_shapes_suite", description="offline procedurally rendered compositional scenes")
+SUITES.register("coco", "evalkit.suites.coco:make_coco_suite", description="zero-shot COCO FID-30K (Imagen protocol, 2014 val by default)")
+SUITES.register("drawbench", "evalkit.suites.drawbench:make_drawbench_suite", description="DrawBench, 200 prompts in 11 categories (fetched, not bundled)")
+SUITES.register("csv", "evalkit.suites.prompt_files:make_csv_suite", description="your own prompts from a CSV file (prompt[,id,category])")
+SUITES.register("jsonl", "evalkit.suites.prompt_files:make_jsonl_suite", description="your own prompts from a JSONL file (prompt[,id,category])")
+
+# Metrics. Factories take (options: dict, context: MetricContext).
+METRICS.register("fid", "evalkit.metrics.fid:make_fid", description="Fréchet Inception Distance (TF-Inception pool3, torch-fidelity exact)")
+METRICS.register("kid", "evalkit.metrics.kid:make_kid", description="Kernel Inception Distance (unbiased MMD², seeded subsets)")
+METRICS.register("is", "evalkit.metrics.inception_score:make_inception_score", description="Inception Score (seeded splits)")
+METRICS.register("clip_score", "evalkit.metrics.clip_score:make_clip_score", description="CLIP score with open_clip (raw cosine and x100)")
+METRICS.register("shapes_accuracy", "evalkit.metrics.shapes_accuracy:make_shapes_accuracy", description="GenEval-style per-image check of a shapes prompt's every clause")

@@ -1,0 +1,1 @@
+"""Generators: models behind one interface (see :mod:`evalkit.generators.base`)."""

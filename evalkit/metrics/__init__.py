@@ -1,0 +1,1 @@
+"""Metrics over a small common interface (see :mod:`evalkit.metrics.base`)."""

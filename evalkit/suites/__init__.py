@@ -1,0 +1,1 @@
+"""Prompt suites: each yields items and, where it has them, reference images."""
