@@ -123,7 +123,9 @@ def _card_factory(card: ModelCard, options: dict[str, Any], context: Any) -> Any
     from evalkit.registry import MODELS
 
     adapter = MODELS.get(card.adapter)
-    merged = {**card.options, **card.sampling, **options, "card": card}
+    merged = {**card.options, **card.sampling, **options}
+    if context is not None:
+        context.extra["card"] = card  # adapters read weights from context.extra["card"]
     return adapter(merged, context)
 
 
