@@ -209,7 +209,7 @@ def fetch_clip_cmd(
 
 @fetch_app.command("coco")
 def fetch_coco_cmd(
-    dest: Annotated[Path, typer.Option(help="Where to put annotations/ and val20XX/.")],
+    dest: Annotated[Path | None, typer.Option(help="Where to put annotations/ and val20XX/ (default: the cache).")] = None,
     year: Annotated[int, typer.Option(help="2014 (Imagen protocol) or 2017.")] = 2014,
 ) -> None:
     """COCO captions and validation images (official archives, checksummed)."""

@@ -55,19 +55,20 @@ def load_generated(path: str | os.PathLike, size: int | None = None) -> np.ndarr
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def load_reference(path: str | os.PathLike) -> np.ndarray:
-    """Read a real image as 8-bit RGB (H, W, 3), converting grayscale, palette, RGBA and 16-bit."""
-    path = Path(path)
-    img = _open(path)
+def pil_to_rgb(img: Image.Image, where: str = "image") -> np.ndarray:
+    """8-bit RGB (H, W, 3) of a decoded PIL image: grayscale, palette, RGBA and 16-bit converted.
+
+    Transparency is composited on white, as viewers show it; a transparent image has no
+    single "right" RGB.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
         img = Image.fromarray(arr8, mode="L")
     elif img.mode == "F":
-        raise InputError(f"image {path}: floating-point image mode 'F' is not supported")
+        raise InputError(f"{where}: floating-point image mode 'F' is not supported")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Composite on white, as viewers show it; a transparent PNG has no single "right" RGB.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
@@ -75,8 +76,14 @@ def load_reference(path: str | os.PathLike) -> np.ndarray:
         img = img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-        raise InputError(f"image {path}: unexpected shape {arr.shape}")
+        raise InputError(f"{where}: unexpected shape {arr.shape}")
     return arr.copy()
+
+
+def load_reference(path: str | os.PathLike) -> np.ndarray:
+    """Read a real image as 8-bit RGB (H, W, 3), converting grayscale, palette, RGBA and 16-bit."""
+    path = Path(path)
+    return pil_to_rgb(_open(path), f"image {path}")
 
 
 def center_crop_resize(array: np.ndarray, size: int, crop: str = "center", resample: str = "bicubic") -> np.ndarray:
