@@ -24,14 +24,14 @@ PACKAGES = (
 )
 
 
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed version of each package (None when absent)."""
-    out: dict[str, str | None] = {}
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed version of each package (absent packages are left out)."""
+    out: dict[str, str] = {}
     for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            out[name] = None
+            continue
     return out
 
 
