@@ -199,12 +199,13 @@ def fetch_inception_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None
 def fetch_clip_cmd(
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-L-14-quickgelu",
     pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = "openai",
+    weights: Annotated[Path | None, typer.Option(help="A local weights file to verify and cache instead of downloading.")] = None,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
-    """CLIP weights for the CLIP score."""
+    """CLIP weights for the CLIP score (downloaded, or copied from --weights)."""
     from evalkit.metrics.clip_models import fetch_clip
 
-    typer.echo(str(fetch_clip(model, pretrained, _cache(cache_dir))))
+    typer.echo(str(fetch_clip(model, pretrained, _cache(cache_dir), source=weights)))
 
 
 @fetch_app.command("coco")

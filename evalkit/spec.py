@@ -14,7 +14,7 @@ from evalkit.errors import UsageError
 from evalkit.hashing import sha256_json
 
 DEFAULT_METRICS = {
-    "shapes": ("fid", "clip_score", "shapes_accuracy"),
+    "shapes": ("fid", "kid", "shapes_accuracy"),  # CLIP weights are not available offline
     "coco": ("fid", "clip_score"),
     "drawbench": ("clip_score",),
 }

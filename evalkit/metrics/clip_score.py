@@ -1,0 +1,279 @@
+"""CLIP score: cosine similarity of CLIP image and prompt embeddings (open_clip backbone).
+
+The headline value is the raw cosine (Imagen's convention), averaged per prompt over its
+images, then over prompts, with a bootstrap interval over prompts. Other conventions are
+reported beside it (see docs/metrics-clip.md):
+
+- ``clip_score_x100``: 100 × the headline value (GLIDE's scale);
+- ``clip_score_torchmetrics``: max(100 × mean cosine over images, 0), what torchmetrics'
+  ``CLIPScore`` returns (it clamps the mean, not each sample);
+- ``hessel_clipscore``: mean over images of 2.5 × max(cos, 0) (Hessel et al. 2021).
+
+State is per prompt (running sums and one cached text embedding), never per image.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evalkit.errors import InputError, UsageError
+from evalkit.metrics.base import Metric, MetricContext, MetricResult
+from evalkit.metrics.bootstrap import DEFAULT_RESAMPLES, summarize
+from evalkit.metrics.clip_models import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ClipInfo,
+    TensorPreprocess,
+    load_clip,
+)
+from evalkit.suites.base import Item
+
+OPTIONS = ("model", "pretrained", "weights_path", "batch_size")
+HESSEL_W = 2.5
+
+SCALE_NOTES = {
+    "value": "raw cosine cos(E_I, E_T) in [-1, 1]; mean over a prompt's images, then over prompts (Imagen, Muse)",
+    "clip_score_x100": "100 * value (GLIDE)",
+    "clip_score_torchmetrics": "max(100 * mean cosine over all images, 0): torchmetrics CLIPScore (clamps the mean)",
+    "hessel_clipscore": "mean over all images of 2.5 * max(cos, 0) (Hessel et al. 2021)",
+    "per_item": "raw cosine per prompt (mean over its images)",
+}
+
+
+@dataclass
+class _PromptState:
+    """Running sums for one prompt."""
+
+    prompt: str
+    category: str | None
+    #: raw float32 embedding (half the memory of float64; normalised in float64 when used)
+    text_features: torch.Tensor
+    truncated: bool
+    cos_sum: float = 0.0
+    hessel_sum: float = 0.0
+    samples: set[int] = field(default_factory=set)
+
+
+def count_tokens(tokenizer: Any, prompt: str) -> int | None:
+    """Tokens the prompt needs including start/end tokens, or None when the tokenizer can't say."""
+    encode = getattr(tokenizer, "encode", None)
+    if encode is None or not hasattr(tokenizer, "sot_token_id"):
+        return None
+    return len(encode(prompt)) + 2
+
+
+class ClipScore(Metric):
+    """Streaming CLIP score over (image, prompt) pairs."""
+
+    name = "clip_score"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: TensorPreprocess,
+        tokenizer: Callable[..., torch.Tensor],
+        info: ClipInfo,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        seed: int = 0,
+        n_resamples: int = DEFAULT_RESAMPLES,
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError(f"clip_score: batch_size must be a positive integer, got {batch_size}")
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.info = info
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.n_resamples = n_resamples
+        self._prompts: dict[str, _PromptState] = {}
+        self._num_images = 0
+        self._cos_total = 0.0
+        self._hessel_total = 0.0
+        self._warned_truncation = False
+
+    # ------------------------------------------------------------ encoding
+
+    @torch.inference_mode()
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float64 image embeddings, in chunks of ``batch_size``."""
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start : start + self.batch_size].to(self.device)
+            feats = self.model.encode_image(self.preprocess(chunk))
+            out.append(feats.to("cpu", torch.float64))
+        feats = torch.cat(out)
+        return feats / feats.norm(dim=-1, keepdim=True)
+
+    @torch.inference_mode()
+    def _encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        """Raw float32 text embeddings on the CPU (the tokenizer truncates at its context length)."""
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.tokenizer(prompts[start : start + self.batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens).to("cpu", torch.float32))
+        return torch.cat(out)
+
+    def _is_truncated(self, prompt: str) -> bool:
+        n = count_tokens(self.tokenizer, prompt)
+        return n is not None and n > self.info.context_length
+
+    def _add_prompts(self, items: Sequence[Item]) -> None:
+        """Encode and cache the prompts not seen before in this run."""
+        new: dict[str, Item] = {}
+        for item in items:
+            state = self._prompts.get(item.id) or new.get(item.id)
+            if state is not None and state.prompt != item.prompt:
+                raise InputError(f"clip_score: item {item.id!r} came with two different prompts")
+            if state is None:
+                new.setdefault(item.id, item)
+        if not new:
+            return
+        ids = list(new)
+        feats = self._encode_texts([new[i].prompt for i in ids])
+        for i, f in zip(ids, feats, strict=True):
+            item = new[i]
+            truncated = self._is_truncated(item.prompt)
+            if truncated and not self._warned_truncation:
+                print(
+                    f"warning: clip_score: prompt of item {item.id!r} is longer than CLIP's "
+                    f"{self.info.context_length}-token context and was truncated "
+                    "(further truncations are counted in the manifest, not reported)",
+                    file=sys.stderr,
+                )
+                self._warned_truncation = True
+            self._prompts[i] = _PromptState(item.prompt, item.category, f.clone(), truncated)
+
+    # ------------------------------------------------------------ Metric API
+
+    def update(
+        self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
+    ) -> None:
+        """Add uint8 images (B, 3, H, W) with, per image, its item and sample index."""
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.ndim != 4
+            or images.shape[1] != 3
+        ):
+            shape = (
+                tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            )
+            raise InputError(f"clip_score: expected uint8 images (B, 3, H, W), got {shape}")
+        if not (len(items) == len(sample_indices) == images.shape[0]):
+            raise InputError(
+                f"clip_score: {images.shape[0]} images but {len(items)} items and {len(sample_indices)} sample indices"
+            )
+        if images.shape[0] == 0:
+            return
+        batch: set[tuple[str, int]] = set()
+        for item, k in zip(items, sample_indices, strict=True):
+            state = self._prompts.get(item.id)
+            if (item.id, int(k)) in batch or (state is not None and int(k) in state.samples):
+                raise InputError(f"clip_score: image {k} of item {item.id!r} was added twice")
+            batch.add((item.id, int(k)))
+        self._add_prompts(items)
+        text = torch.stack([self._prompts[i.id].text_features for i in items]).to(torch.float64)
+        text = text / text.norm(dim=-1, keepdim=True)
+        cos = (self._encode_images(images) * text).sum(-1)
+        for item, k, c in zip(items, sample_indices, cos.tolist(), strict=True):
+            state = self._prompts[item.id]
+            state.samples.add(int(k))
+            hessel = HESSEL_W * max(c, 0.0)
+            state.cos_sum += c
+            state.hessel_sum += hessel
+            self._cos_total += c
+            self._hessel_total += hessel
+            self._num_images += 1
+
+    def compute(self) -> MetricResult:
+        """Mean raw cosine over prompts, with its bootstrap interval and the other scales."""
+        scored = {i: s for i, s in self._prompts.items() if s.samples}
+        if not scored:
+            raise InputError("clip_score: no images were scored")
+        per_item = {i: s.cos_sum / len(s.samples) for i, s in scored.items()}
+        categories = {i: s.category for i, s in scored.items()}
+        value, interval, per_category = summarize(
+            per_item, categories, n_resamples=self.n_resamples, seed=self.seed
+        )
+        mean_cos_images = self._cos_total / self._num_images
+        values = {
+            "clip_score_x100": 100.0 * value,
+            "clip_score_torchmetrics": max(100.0 * mean_cos_images, 0.0),
+            "hessel_clipscore": self._hessel_total / self._num_images,
+        }
+        return MetricResult(
+            name=self.name,
+            value=value,
+            interval=interval,
+            values=values,
+            per_item=per_item,
+            per_category=per_category,
+            manifest=self._manifest(scored),
+            uncalibrated=self.info.uncalibrated,
+        )
+
+    def _manifest(self, scored: Mapping[str, _PromptState]) -> dict[str, Any]:
+        counts = [len(s.samples) for s in scored.values()]
+        return {
+            "implementation": "evalkit.metrics.clip_score (open_clip encode_image/encode_text, cosine in float64)",
+            "backbone": self.info.model,
+            "pretrained": self.info.pretrained,
+            "weights_sha256": self.info.weights_sha256,
+            "weights_source": self.info.weights_source,
+            "open_clip_version": self.info.open_clip_version,
+            "torch_version": torch.__version__,
+            "scale": SCALE_NOTES,
+            "aggregation": "per-prompt mean over its images, then mean over prompts; "
+            f"95% percentile bootstrap over prompts ({self.n_resamples} resamples)",
+            "seed": self.seed,
+            "preprocessing": self.preprocess.recipe(),
+            "context_length": self.info.context_length,
+            "num_images": self._num_images,
+            "num_prompts": len(scored),
+            "images_per_prompt": {"min": min(counts), "max": max(counts)},
+            "truncated_prompts": sum(1 for s in scored.values() if s.truncated),
+            "truncation_detection": "exact (BPE token count)"
+            if count_tokens(self.tokenizer, "a") is not None
+            else "unavailable for this tokenizer (prompts are still truncated, not counted)",
+        }
+
+
+def _batch_size(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"clip_score: option batch_size must be a positive integer, got {value!r}")
+    return value
+
+
+def make_clip_score(options: dict[str, Any], context: MetricContext) -> ClipScore:
+    """Registry factory. Options: ``model``, ``pretrained``, ``weights_path``, ``batch_size``."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UsageError(
+            f"clip_score: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})"
+        )
+    model, preprocess, tokenizer, info = load_clip(
+        model_name=str(options.get("model", DEFAULT_MODEL)),
+        pretrained=str(options.get("pretrained", DEFAULT_PRETRAINED)),
+        weights_path=options.get("weights_path"),
+        cache_dir=context.cache_dir,
+        device=context.device,
+        allow_random_weights=context.allow_random_weights,
+    )
+    return ClipScore(
+        model,
+        preprocess,
+        tokenizer,
+        info,
+        device=context.device,
+        batch_size=_batch_size(options.get("batch_size", context.batch_size)),
+        seed=context.seed,
+    )
