@@ -16,6 +16,11 @@ MODELS.register(
     "evalkit.generators.toy:make_toy_generator",
     description="tiny deterministic procedural generator for tests and plumbing",
 )
+MODELS.register(
+    "imagen",
+    "evalkit.generators.imagen_adapter:make_imagen_generator",
+    description="in-repo Imagen cascade (weights from a model card, or random with --allow-random-weights)",
+)
 MODELS.add_source(card_entries)
 
 # Suites. Factories take (options: dict).

@@ -1,0 +1,313 @@
+"""The in-repo Imagen cascade behind the :class:`Generator` interface.
+
+Model card example (``adapter = "imagen"``)::
+
+    [weights.base]
+    path = "imagen_tiny/base.safetensors"
+    sha256 = "…"
+    [weights.sr64]
+    path = "imagen_tiny/sr64.safetensors"
+    sha256 = "…"
+    [sampling]
+    steps = [64, 32]        # one value for every stage, or one per stage
+    guidance = [5.0, 2.0]
+    aug_level = 0.2          # super-resolution stages only
+
+Without weights, ``random = "tiny"`` builds randomly initialised stages, allowed only
+with ``context.allow_random_weights`` (the generator is then marked uncalibrated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import evalkit
+from evalkit.errors import InputError, MissingWeightsError, UsageError
+from evalkit.generators.base import (
+    GenerationRequest,
+    Generator,
+    GeneratorContext,
+    float_to_uint8,
+)
+from evalkit.hashing import sha256_file, sha256_json
+
+SAMPLING_KEYS = (
+    "steps",
+    "guidance",
+    "sampler",
+    "eta",
+    "thresholding",
+    "percentile",
+    "max_threshold",
+    "aug_level",
+)
+OPTION_KEYS = {
+    "card",
+    "checkpoints",
+    "stages",
+    "random",
+    "random_seed",
+    "text_encoder",
+    "text_encoder_path",
+    "fetch",
+    "composable",
+    "forward_batch",
+    "batch_size",
+    *SAMPLING_KEYS,
+}
+
+
+def _per_stage(value: Any, n: int, key: str) -> list[Any]:
+    """A scalar for every stage, or a list with one value per stage."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise UsageError(f"imagen option {key!r} has {len(value)} values for {n} stages")
+        return list(value)
+    return [value] * n
+
+
+def _checkpoint_specs(options: dict[str, Any]) -> list[tuple[str, Path, str | None]]:
+    """(key, path, sha256) of every stage checkpoint named by the card or the ``checkpoints`` option."""
+    specs: list[tuple[str, Path, str | None]] = []
+    card = options.get("card")
+    if card is not None and card.weights:
+        wanted = options.get("stages") or [k for k in card.weights if k != "text_encoder"]
+        for key in wanted:
+            if key not in card.weights:
+                raise UsageError(
+                    f"model card {card.path}: no weights.{key} (have {sorted(card.weights)})"
+                )
+            w = card.weights[key]
+            if w.path is None:
+                raise MissingWeightsError(
+                    f"model card {card.path}: weights.{key} has only a hub id ({w.hub_id}); "
+                    f"run `evalkit fetch {card.name}` first"
+                )
+            specs.append((key, w.path, w.sha256))
+    for i, item in enumerate(options.get("checkpoints") or []):
+        if isinstance(item, dict):
+            specs.append(
+                (str(item.get("key", f"stage{i}")), Path(item["path"]), item.get("sha256"))
+            )
+        else:
+            specs.append((f"stage{i}", Path(item), None))
+    return specs
+
+
+def _load_stages(specs, device: str) -> tuple[list[Any], dict[str, str]]:
+    from evalkit.imagen.checkpoint import load_stage
+
+    stages, hashes = [], {}
+    for key, path, sha in specs:
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"Imagen checkpoint for stage {key!r} not found at {path}; train it with "
+                "`evalkit train imagen` (or copy the file there), or run with random weights "
+                "(--allow-random-weights, option random='tiny') for plumbing only"
+            )
+        actual = sha256_file(path)
+        if sha is not None and actual != sha.lower():
+            raise InputError(
+                f"Imagen checkpoint {path} (stage {key!r}) has sha256 {actual}, the card expects {sha}: "
+                "the file is corrupt or the card is out of date"
+            )
+        stages.append(load_stage(path, device=device))
+        hashes[key] = actual
+    order = sorted(range(len(stages)), key=lambda i: stages[i].config.resolution)
+    return [stages[i] for i in order], hashes
+
+
+def _text_spec(value: Any) -> dict[str, Any]:
+    """``"tiny"``, ``"minilm"``, ``"t5:<name>"`` or a spec dict → spec dict."""
+    if isinstance(value, dict):
+        return dict(value)
+    if value in (None, "tiny"):
+        from evalkit.imagen.presets import TINY_TEXT
+
+        return dict(TINY_TEXT)
+    if value == "minilm":
+        return {
+            "kind": "minilm",
+            "name": "sentence-transformers/all-MiniLM-L6-v2",
+            "max_length": 64,
+        }
+    if isinstance(value, str) and value.startswith("t5:"):
+        return {"kind": "t5", "name": value[3:], "max_length": 128, "dtype": "float32"}
+    raise UsageError(
+        f"imagen option text_encoder {value!r}: use 'tiny', 'minilm', 't5:<name>' or a spec table"
+    )
+
+
+def _random_stages(
+    options: dict[str, Any], encoder, device: str
+) -> tuple[list[Any], dict[str, Any]]:
+    from evalkit.imagen.cascade import Stage
+    from evalkit.imagen.presets import CASCADES, preset
+    from evalkit.imagen.unet import build_model, randomize_
+
+    name = options.get("random") or "tiny"
+    names = CASCADES.get(name, (name,)) if isinstance(name, str) else tuple(name)
+    seed = int(options.get("random_seed", 0))
+    stages = []
+    for k, preset_name in enumerate(names):
+        cfg = preset(preset_name)
+        model_cfg = dataclasses.replace(cfg.model, text_dim=encoder.dim)
+        cfg = cfg.replace(model=model_cfg, text_encoder=dict(encoder.spec))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + k)
+            model = build_model(cfg.model)
+        stages.append(Stage(cfg, randomize_(model, seed + k).to(device)))
+    ident = {
+        "presets": list(names),
+        "seed": seed,
+        "configs": sha256_json([s.config.to_dict() for s in stages]),
+    }
+    return stages, ident
+
+
+class ImagenGenerator(Generator):
+    """A :class:`~evalkit.imagen.cascade.Cascade` with per-stage sampling settings."""
+
+    def __init__(
+        self,
+        cascade,
+        sampling,
+        weights: dict[str, Any],
+        context: GeneratorContext,
+        options: dict[str, Any],
+        uncalibrated: bool,
+        name: str,
+    ):
+        self.cascade, self.sampling, self.weights, self.context = (
+            cascade,
+            sampling,
+            weights,
+            context,
+        )
+        self.composable = bool(options.get("composable", True))
+        self.batch_size = int(options.get("batch_size", 16))
+        self.uncalibrated, self.name = uncalibrated, name
+        if self.batch_size < 1:
+            raise UsageError(f"imagen option batch_size must be positive, got {self.batch_size}")
+
+    @property
+    def native_resolution(self) -> int:
+        return self.cascade.resolution
+
+    def settings(self) -> dict[str, Any]:
+        native, target = self.native_resolution, self.context.resolution
+        return {
+            "stages": [
+                {"name": st.config.name, "resolution": st.config.resolution, **s.to_dict()}
+                for st, s in zip(self.cascade.stages, self.sampling, strict=True)
+            ],
+            "composable": self.composable,
+            "forward_batch": self.cascade.forward_batch,
+            "native_resolution": native,
+            "resize": None
+            if native == target
+            else {"from": native, "to": target, "method": "bicubic-antialias"},
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        from evalkit.imagen import CODE_VERSION
+
+        return {
+            "adapter": "imagen",
+            "weights": self.weights,
+            "text_encoder": self.cascade.encoder.spec,
+            "settings": self.settings(),
+            "code_version": f"evalkit-{evalkit.__version__}/{CODE_VERSION}",
+        }
+
+    def sample(self, requests: Sequence[GenerationRequest], return_stages: bool = False):
+        """The cascade's float output (every stage's too when ``return_stages``) for ``requests``."""
+        return self.cascade.sample(
+            [r.prompt for r in requests],
+            [r.seed for r in requests],
+            self.sampling,
+            return_stages=return_stages,
+            composable=self.composable,
+        )
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
+        chunks = []
+        for start in range(0, len(requests), self.batch_size):
+            images = self.sample(requests[start : start + self.batch_size]).images
+            chunks.append(float_to_uint8(self._resize(images)))
+        if not chunks:
+            r = self.context.resolution
+            return torch.zeros(0, 3, r, r, dtype=torch.uint8)
+        return torch.cat(chunks)
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        r = self.context.resolution
+        if images.shape[-1] == r:
+            return images
+        out = F.interpolate(
+            images.float(), size=(r, r), mode="bicubic", antialias=True, align_corners=False
+        )
+        return out.clamp(-1.0, 1.0)
+
+
+def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) -> Generator:
+    """Build the cascade from card weights / ``checkpoints`` (sha256-verified) or, if allowed, random weights."""
+    from evalkit.imagen.cascade import Cascade
+    from evalkit.imagen.text_encoders import build_text_encoder
+
+    options = dict(options)
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        raise UsageError(f"unknown imagen option(s) {unknown}; known: {sorted(OPTION_KEYS)}")
+    card = options.get("card")
+    device = context.device
+    specs = _checkpoint_specs(options)
+    text_load: dict[str, Any] = {}
+    if options.get("text_encoder_path"):
+        text_load["path"] = str(options["text_encoder_path"])
+    if options.get("fetch"):
+        text_load["fetch"] = True
+    if specs:
+        if options.get("random"):
+            raise UsageError(
+                "imagen options: give either checkpoints (card weights) or random, not both"
+            )
+        stages, weights = _load_stages(specs, device)
+        encoder = build_text_encoder(stages[0].config.text_encoder, context.cache_dir, **text_load)
+        uncalibrated = False
+    else:
+        if not context.allow_random_weights:
+            where = (
+                f"model card {card.path} declares no weights"
+                if card is not None
+                else "no checkpoints given"
+            )
+            raise MissingWeightsError(
+                f"imagen: {where}; point the card's [weights.<stage>] at trained checkpoints, "
+                "or allow random weights (--allow-random-weights) for plumbing tests only"
+            )
+        encoder = build_text_encoder(
+            _text_spec(options.get("text_encoder")), context.cache_dir, **text_load
+        )
+        stages, ident = _random_stages(options, encoder, device)
+        weights = {"random": ident}
+        uncalibrated = True
+    encoder.to(device)
+    forward_batch = options.get("forward_batch", 4)
+    cascade = Cascade(encoder, stages, device=device, forward_batch=int(forward_batch or 0) or None)
+    n = len(stages)
+    overrides = {k: _per_stage(options[k], n, k) for k in SAMPLING_KEYS if k in options}
+    sampling = []
+    for k, st in enumerate(stages):
+        changes = {key: vals[k] for key, vals in overrides.items()}
+        if "steps" in changes:
+            changes["steps"] = int(changes["steps"])
+        sampling.append(st.config.sampling.replace(**changes))
+    name = card.name if card is not None else "imagen"
+    return ImagenGenerator(cascade, sampling, weights, context, options, uncalibrated, name)
