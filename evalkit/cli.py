@@ -177,6 +177,15 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, suites or metrics
         typer.echo(f"{name:<20} {entry.description}" + (f"  [{entry.source}]" if entry.source != "built-in" else ""))
 
 
+def _mount_subcommands() -> None:
+    """Command groups that live beside their code (imports stay light: no Gradio, no torch)."""
+    from evalkit.human.cli import rate_app
+
+    app.add_typer(rate_app, name="rate", help="Human pairwise rating studies (Gradio app, votes, reports).")
+
+
+_mount_subcommands()
+
 fetch_app = typer.Typer(help="Download weights and data (online), verified by checksum, into the cache.")
 app.add_typer(fetch_app, name="fetch")
 

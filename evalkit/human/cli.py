@@ -1,0 +1,282 @@
+"""``evalkit rate ...``: create a study, invite and revoke raters, serve the app, report, export.
+
+Mounted by the main CLI with ``app.add_typer(rate_app, name="rate")``; also runnable on
+its own as ``python -m evalkit.human.cli``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from evalkit.errors import EvalkitError, UsageError
+from evalkit.progress import log
+
+rate_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Human pairwise rating studies (DrawBench protocol): create, invite, serve, report.",
+)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Vote store URL (postgresql://... or a SQLite path); default: the study's SQLite file or $EVALKIT_RATE_DB.",
+    ),
+]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
+
+
+def _store(study, db: str | None):  # noqa: ANN001, ANN202 - small helper
+    from evalkit.human.report import open_store_for
+
+    return open_store_for(study, db)
+
+
+def _link(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/?token={token}"
+
+
+@rate_app.command()
+def create(
+    runs: Annotated[
+        list[str], typer.Option("--runs", help="Run folders (reports/<run-id>); two or more.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New study folder.")],
+    more_runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="More run folders (after --runs A B C).", show_default=False),
+    ] = None,
+    suite: Annotated[str, typer.Option(help="Suite every run must be on.")] = "drawbench",
+    images_per_side: Annotated[int, typer.Option(help="Images per set shown (Imagen: 8).")] = 8,
+    questions: Annotated[
+        str, typer.Option(help="Comma-separated: fidelity,alignment.")
+    ] = "fidelity,alignment",
+    ratings_per_item: Annotated[int, typer.Option(help="Target ratings per prompt and pair.")] = 5,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Compare this run (folder or run id) against each other run instead of all pairs."
+        ),
+    ] = None,
+    gold_tasks: Annotated[
+        int | None,
+        typer.Option(
+            help="Number of gold (attention-check) tasks; default 5% of prompts, at least 4."
+        ),
+    ] = None,
+    gold_every: Annotated[
+        int, typer.Option(help="One gold task in every N tasks of a rater.")
+    ] = 10,
+    schedule: Annotated[
+        str, typer.Option(help="balanced, or adaptive (most uncertain outcome first).")
+    ] = "balanced",
+    undo_window: Annotated[
+        float, typer.Option(help="Seconds within which a vote can be undone.")
+    ] = 60.0,
+    base_url: Annotated[
+        str, typer.Option(help="Base URL printed in the admin link.")
+    ] = "http://127.0.0.1:7860",
+    seed: Annotated[int, typer.Option(help="Seed for choosing gold tasks.")] = 0,
+    db: DbOption = None,
+) -> None:
+    """Create a study from finished runs on the same suite; prints the admin token once."""
+    from evalkit.human.security import hash_token, new_id, new_token
+    from evalkit.human.study import DEFAULT_DB_FILE, create_study
+
+    all_runs = _split(runs) + list(more_runs or [])
+    db_url = db or os.environ.get("EVALKIT_RATE_DB")
+    pg = bool(db_url and db_url.startswith(("postgresql://", "postgres://")))
+    study = create_study(
+        all_runs,
+        out,
+        suite=suite,
+        images_per_side=images_per_side,
+        questions=_split([questions]),
+        ratings_per_item=ratings_per_item,
+        baseline=baseline,
+        gold_tasks=gold_tasks,
+        gold_every=gold_every,
+        schedule=schedule,
+        undo_window_s=undo_window,
+        db="postgresql"
+        if pg
+        else (
+            str(Path(db_url.removeprefix("sqlite:///")).resolve()) if db_url else DEFAULT_DB_FILE
+        ),
+        seed=seed,
+    )
+    store = _store(study, db)
+    store.register_study(
+        study.study_id, {"root": str(study.root), "runs": [r.run_id for r in study.runs.values()]}
+    )
+    admin = new_token()
+    store.add_rater(study.study_id, new_id(), "admin", hash_token(admin), "admin")
+    log(
+        f"study {study.study_id}: {len(study.items)} prompts x {len(study.pairs)} pairs, {len(study.gold)} gold tasks"
+    )
+    typer.echo(f"study: {study.root}")
+    typer.echo(f"admin token (shown once, keep it safe): {admin}")
+    typer.echo(f"admin view: {_link(base_url, admin)}")
+
+
+@rate_app.command()
+def invite(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    name: Annotated[str, typer.Option("--name", help="Rater's name (shown to the admin only).")],
+    base_url: Annotated[
+        str, typer.Option(help="Base URL the app is reached at.")
+    ] = "http://127.0.0.1:7860",
+    db: DbOption = None,
+) -> None:
+    """Create a rater and print their personal link (the token is not stored, only its hash)."""
+    from evalkit.human.security import check_name, hash_token, new_id, new_token
+    from evalkit.human.study import load_study
+
+    study = load_study(study_dir)
+    store = _store(study, db)
+    token = new_token()
+    store.add_rater(study.study_id, new_id(), check_name(name), hash_token(token), "rater")
+    typer.echo(_link(base_url, token))
+
+
+@rate_app.command()
+def revoke(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    name: Annotated[str, typer.Option("--name", help="Rater to revoke (all raters of that name).")],
+    db: DbOption = None,
+) -> None:
+    """Revoke a rater's token: the link stops working; their votes stay recorded."""
+    from evalkit.human.study import load_study
+
+    study = load_study(study_dir)
+    store = _store(study, db)
+    matches = [r for r in store.raters(study.study_id) if r.name == name and r.role == "rater"]
+    if not matches:
+        raise UsageError(f"no rater named {name!r} in study {study.study_id}")
+    for r in matches:
+        changed = store.revoke(study.study_id, r.rater_id)
+        typer.echo(f"{'revoked' if changed else 'already revoked'}: {name} ({r.rater_id})")
+
+
+@rate_app.command()
+def raters(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    db: DbOption = None,
+) -> None:
+    """List raters (name, role, status)."""
+    from evalkit.human.study import load_study
+
+    study = load_study(study_dir)
+    for r in _store(study, db).raters(study.study_id):
+        typer.echo(f"{r.name}\t{r.role}\t{'active' if r.active else 'revoked'}\t{r.rater_id}")
+
+
+@rate_app.command()
+def serve(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    no_ui: Annotated[
+        bool,
+        typer.Option("--no-ui", help="JSON API and images only (scripted raters, load tests)."),
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Serve the rating app (Gradio UI, images by opaque id, JSON API)."""
+    from evalkit.human.server import serve as run_server
+    from evalkit.human.service import RatingService
+    from evalkit.human.study import load_study
+
+    study = load_study(study_dir)
+    service = RatingService(study, _store(study, db))
+    log(f"serving study {study.study_id} on http://{host}:{port}/ (Ctrl-C stops)")
+    run_server(service, host=host, port=port, ui=not no_ui)
+
+
+@rate_app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    min_gold_accuracy: Annotated[
+        float | None, typer.Option(help="Exclude raters whose gold accuracy is below this (0-1).")
+    ] = None,
+    exclude_rater: Annotated[
+        list[str] | None, typer.Option(help="Exclude a rater by name (repeatable).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    db: DbOption = None,
+) -> None:
+    """Write STUDY/report/: report.json, preferences.csv, raters.csv, report.md, plots (PNG, SVG)."""
+    from evalkit.human.report import write_report
+
+    if resamples < 100:
+        raise UsageError("--resamples must be at least 100")
+    out = write_report(
+        study_dir,
+        db_url=db,
+        min_gold_accuracy=min_gold_accuracy,
+        exclude_raters=exclude_rater or [],
+        n_resamples=resamples,
+        seed=seed,
+    )
+    typer.echo(str(out))
+
+
+@rate_app.command()
+def export(
+    study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="File to write (default: stdout).")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Export every vote event (undone ones flagged) with model names resolved."""
+    from evalkit.atomic import atomic_write_text
+    from evalkit.human.export import export_votes
+    from evalkit.human.study import load_study
+
+    study = load_study(study_dir)
+    _name, text = export_votes(study, _store(study, db), fmt)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+        log(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m evalkit.human.cli``)."""
+    try:
+        rate_app(args=argv, standalone_mode=False)
+    except EvalkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.Abort:
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

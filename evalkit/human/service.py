@@ -1,0 +1,375 @@
+"""The vote-acceptance layer: every front end (Gradio handlers, the HTTP API, scripts) calls this.
+
+It authenticates tokens, rate-limits them, validates every field, hands out tasks with
+randomised sides, stores answers through the store, and maps opaque image references to
+files inside the study's runs. Nothing is stored unless a request passes every check.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evalkit.human import export as export_mod
+from evalkit.human.errors import AuthError, BadRequest, Forbidden, NotFound, PayloadTooLarge
+from evalkit.human.schedule import DEFAULT_LEASE_S, pick_task
+from evalkit.human.security import (
+    RateLimiter,
+    check_id,
+    check_token_format,
+    hash_token,
+    is_inside,
+    new_id,
+)
+from evalkit.human.store import Assignment, Rater, Receipt, Store, Submission, UndoReceipt
+from evalkit.human.study import ANSWERS, CHOICES, QUESTIONS, Study
+
+MAX_PAYLOAD_BYTES = 4096
+_SLOT_RE = re.compile(r"^([ab])([0-9]{1,2})$")
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What a rater sees: no model names, no gold flag; images by opaque URL."""
+
+    study_id: str
+    assignment_id: str
+    submission_id: str
+    caption: str
+    questions: list[tuple[str, str]]  # (question id, full question text)
+    answers: dict[str, str]
+    left_images: list[str]
+    right_images: list[str]
+    rated_by_you: int
+    study_done: int
+    study_target: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "study_id": self.study_id,
+            "assignment_id": self.assignment_id,
+            "submission_id": self.submission_id,
+            "caption": self.caption,
+            "questions": [{"id": q, "text": t} for q, t in self.questions],
+            "answers": self.answers,
+            "set_a": self.left_images,
+            "set_b": self.right_images,
+            "progress": {
+                "rated_by_you": self.rated_by_you,
+                "study_done": self.study_done,
+                "study_target": self.study_target,
+            },
+        }
+
+
+def check_payload_size(body: bytes | str) -> None:
+    """Refuse request bodies above MAX_PAYLOAD_BYTES."""
+    size = len(body.encode() if isinstance(body, str) else body)
+    if size > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"request too large ({size} bytes; at most {MAX_PAYLOAD_BYTES})")
+
+
+class RatingService:
+    """One study's rating service over a store."""
+
+    def __init__(
+        self,
+        study: Study,
+        store: Store,
+        *,
+        limiter: RateLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+        lease_s: float = DEFAULT_LEASE_S,
+        image_base: str = "img",
+    ) -> None:
+        if not store.study_exists(study.study_id):
+            raise NotFound(
+                f"unknown study {study.study_id!r} in {getattr(store, 'url', 'this database')}: "
+                "was it created with this --db?"
+            )
+        self.study = study
+        self.store = store
+        self.tasks = study.tasks()
+        self.limiter = limiter if limiter is not None else RateLimiter()
+        self.clock = clock
+        self.lease_s = lease_s
+        self.image_base = image_base.rstrip("/")
+        self._assignments: dict[str, Assignment] = {}
+        self._schedule_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- auth
+    def _lookup(self, token: object) -> Rater:
+        token = check_token_format(token)
+        rater = self.store.rater_by_token(self.study.study_id, hash_token(token))
+        if rater is None:
+            raise AuthError("unknown access token: use the personal link the study admin sent you")
+        if not rater.active:
+            raise AuthError("this access token was revoked: ask the study admin for a new link")
+        return rater
+
+    def authenticate(self, token: object, role: str = "rater") -> Rater:
+        """The rater behind ``token``; AuthError if unknown or revoked, Forbidden for the wrong role.
+
+        Every authenticated call spends one unit of the token's rate-limit bucket.
+        """
+        rater = self._lookup(token)
+        if rater.role != role:
+            if role == "admin":
+                raise Forbidden("this view needs the study's admin token")
+            raise Forbidden("the admin token opens the progress view, not rating tasks")
+        self.limiter.take(rater.rater_id)
+        return rater
+
+    def role_of(self, token: object) -> str:
+        """'rater' or 'admin' for a valid token; AuthError otherwise."""
+        return self._lookup(token).role
+
+    def _check_study(self, study_id: object) -> None:
+        if study_id is not None and study_id != self.study.study_id:
+            raise NotFound(
+                f"unknown study {str(study_id)[:40]!r}: this server runs {self.study.study_id}"
+            )
+
+    # ---------------------------------------------------------------- tasks
+    def next_task(self, token: object, study_id: object = None) -> TaskView | None:
+        """The rater's open task, or a newly scheduled one; None when nothing is left for them."""
+        self._check_study(study_id)
+        rater = self.authenticate(token)
+        opened = self.store.open_assignment(self.study.study_id, rater.rater_id)
+        if opened is None:
+            with self._schedule_lock:  # one process: no two raters race for the last slot
+                opened = self._assign(rater)
+            if opened is None:
+                return None
+        return self._view(rater, opened[0])
+
+    def _assign(self, rater: Rater) -> tuple[Assignment, int, float] | None:
+        now = self.clock()
+        snapshot = self.store.snapshot(
+            self.study.study_id,
+            rater.rater_id,
+            lease_cutoff=now - self.lease_s,
+            with_votes=self.study.schedule == "adaptive",
+        )
+        task = pick_task(self.study, self.tasks, snapshot, rater.rater_id)
+        if task is None:
+            return None
+        first, second = self.study.sides_of(task)
+        left, right = (first, second) if random.SystemRandom().random() < 0.5 else (second, first)
+        a = Assignment(
+            assignment_id=new_id(16),
+            study_id=self.study.study_id,
+            rater_id=rater.rater_id,
+            task_id=task.task_id,
+            item_id=task.item_id,
+            pair_id=task.pair_id,
+            is_gold=task.is_gold,
+            left_source=left,
+            right_source=right,
+            shown_at=now,
+        )
+        self.store.create_assignment(a)
+        return a, 0, now
+
+    def _view(self, rater: Rater, a: Assignment) -> TaskView:
+        item = self.study.items[a.item_id]
+        n = self.study.images_per_side
+        url = f"{self.image_base}/{a.assignment_id}"
+        counts = self._progress_counts(rater.rater_id)
+        return TaskView(
+            study_id=self.study.study_id,
+            assignment_id=a.assignment_id,
+            submission_id=new_id(16),
+            caption=item.prompt,
+            questions=[(q, QUESTIONS[q].format(caption=item.prompt)) for q in self.study.questions],
+            answers=dict(ANSWERS),
+            left_images=[f"{url}/a{i}" for i in range(n)],
+            right_images=[f"{url}/b{i}" for i in range(n)],
+            rated_by_you=counts["mine"],
+            study_done=counts["done"],
+            study_target=self.study.target_total(),
+        )
+
+    def _progress_counts(self, rater_id: str) -> dict[str, Any]:
+        per_task, mine = self.store.answered_counts(
+            self.study.study_id, rater_id, self.study.questions[0]
+        )
+        done = sum(min(c, self.study.ratings_per_item) for c in per_task.values())
+        return {"done": done, "mine": mine}
+
+    # ---------------------------------------------------------------- votes
+    def submit(
+        self,
+        token: object,
+        assignment_id: object,
+        answers: object,
+        submission_id: object,
+        study_id: object = None,
+    ) -> Receipt:
+        """Validate and store one task's answers (choices 'A', 'B' or 'tie' per question)."""
+        self._check_study(study_id)
+        assignment_id = check_id(assignment_id, "task id")
+        submission_id = check_id(submission_id, "submission id")
+        clean = self._check_answers(answers)
+        rater = self.authenticate(token)
+        return self.store.record_submission(
+            Submission(
+                study_id=self.study.study_id,
+                submission_id=submission_id,
+                assignment_id=assignment_id,
+                rater_id=rater.rater_id,
+                answers=clean,
+                answered_at=self.clock(),
+            )
+        )
+
+    def _check_answers(self, answers: object) -> dict[str, str]:
+        wanted = self.study.questions
+        if not isinstance(answers, Mapping):
+            raise BadRequest("answers must map each question to A, B or tie")
+        extra = [str(k)[:40] for k in answers if k not in wanted]
+        if extra:
+            raise BadRequest(f"unknown question(s) {extra}: this study asks {list(wanted)}")
+        missing = [q for q in wanted if q not in answers or answers[q] in (None, "")]
+        if missing:
+            raise BadRequest(f"please answer every question (missing: {', '.join(missing)})")
+        out = {}
+        for q in wanted:
+            choice = answers[q]
+            if choice not in CHOICES:
+                shown = str(choice)[:40]
+                raise BadRequest(f"answer to {q!r} must be one of A, B or tie (got {shown!r})")
+            out[q] = choice
+        return out
+
+    def undo(
+        self, token: object, submission_id: object = None, study_id: object = None
+    ) -> UndoReceipt:
+        """Undo the rater's most recent vote within the study's undo window."""
+        self._check_study(study_id)
+        if submission_id is not None:
+            submission_id = check_id(submission_id, "submission id")
+        rater = self.authenticate(token)
+        return self.store.record_undo(
+            self.study.study_id,
+            rater.rater_id,
+            self.clock(),
+            self.study.undo_window_s,
+            submission_id,
+        )
+
+    # ---------------------------------------------------------------- images
+    def image_file(self, assignment_id: object, slot: object) -> Path:
+        """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``."""
+        assignment_id = check_id(assignment_id, "image reference")
+        m = _SLOT_RE.match(slot) if isinstance(slot, str) else None
+        if m is None or int(m.group(2)) >= self.study.images_per_side:
+            raise NotFound("unknown image")
+        a = self._assignments.get(assignment_id)
+        if a is None:
+            a = self.store.assignment(self.study.study_id, assignment_id)
+            if a is None:
+                raise NotFound("unknown image")
+            if len(self._assignments) > 50_000:
+                self._assignments.clear()
+            self._assignments[assignment_id] = a
+        source = a.left_source if m.group(1) == "a" else a.right_source
+        path = self.study.side_images(self.tasks[a.task_id], source)[int(m.group(2))]
+        if not is_inside(path, self.study.allowed_roots()) or not path.is_file():
+            raise NotFound("unknown image")
+        return path
+
+    # ---------------------------------------------------------------- admin
+    def progress(self, admin_token: object) -> dict[str, Any]:
+        """Votes per item, per rater, per category and the ETA to the target (admin only)."""
+        self.authenticate(admin_token, role="admin")
+        return progress_report(self.study, self.store, self.clock())
+
+    def export(self, admin_token: object, fmt: str) -> tuple[str, str]:
+        """(file name, content) of every vote event as CSV or JSON (admin only)."""
+        self.authenticate(admin_token, role="admin")
+        return export_mod.export_votes(self.study, self.store, fmt)
+
+
+def progress_report(study: Study, store: Store, now: float) -> dict[str, Any]:
+    """Progress of a study towards its target number of ratings."""
+    target = study.ratings_per_item
+    votes = store.votes(study.study_id, effective_only=True)
+    submissions: dict[str, dict[str, Any]] = {}
+    for v in votes:
+        submissions.setdefault(v["submission_id"], v)
+    by_task: Counter[str] = Counter()
+    per_rater: dict[str, dict[str, Any]] = {}
+    for r in store.raters(study.study_id):
+        per_rater[r.rater_id] = {
+            "name": r.name,
+            "role": r.role,
+            "revoked": not r.active,
+            "tasks": 0,
+            "gold_answers": 0,
+            "gold_correct": 0,
+            "last_active": None,
+        }
+    for s in submissions.values():
+        row = per_rater[s["rater_id"]]
+        row["tasks"] += 1
+        row["last_active"] = max(row["last_active"] or 0.0, s["answered_at"])
+        if not s["is_gold"]:
+            by_task[s["task_id"]] += 1
+    for v in votes:
+        if v["is_gold"]:
+            row = per_rater[v["rater_id"]]
+            row["gold_answers"] += 1
+            row["gold_correct"] += int(v["preferred"] == "clean")
+    for row in per_rater.values():
+        row["gold_accuracy"] = (
+            row["gold_correct"] / row["gold_answers"] if row["gold_answers"] else None
+        )
+    per_item: dict[str, dict[str, Any]] = {}
+    per_category: dict[str, dict[str, int]] = defaultdict(lambda: {"done": 0, "target": 0})
+    for item in study.items.values():
+        by_pair = {p: by_task[f"{p}:{item.item_id}"] for p in study.pairs}
+        done = sum(min(c, target) for c in by_pair.values())
+        per_item[item.item_id] = {
+            "category": item.category,
+            "done": done,
+            "target": target * len(study.pairs),
+            "by_pair": by_pair,
+        }
+        per_category[item.category]["done"] += done
+        per_category[item.category]["target"] += target * len(study.pairs)
+    done = sum(r["done"] for r in per_item.values())
+    total = study.target_total()
+    regular = sorted(s["answered_at"] for s in submissions.values() if not s["is_gold"])
+    # Rate over the last 30 minutes (or since the first vote, if sooner; at least one minute).
+    window = max(60.0, min(1800.0, now - regular[0])) if regular else 0.0
+    recent = [t for t in regular if now - t <= window]
+    rate = len(recent) / window if recent else 0.0
+    remaining = max(0, total - done)
+    return {
+        "study_id": study.study_id,
+        "done": done,
+        "target": total,
+        "fraction": done / total if total else 1.0,
+        "submissions": len(submissions),
+        "rate_per_hour": rate * 3600.0,
+        "eta_seconds": (remaining / rate)
+        if rate > 0 and remaining
+        else (0.0 if not remaining else None),
+        "per_category": dict(sorted(per_category.items())),
+        "per_item": per_item,
+        "per_rater": sorted(per_rater.values(), key=lambda r: (r["role"], r["name"])),
+        "generated_at": now,
+    }
+
+
+def progress_json(progress: Mapping[str, Any]) -> str:
+    return json.dumps(progress, indent=2, sort_keys=True)

@@ -1,0 +1,245 @@
+"""The served app over HTTP: a SIGKILLed server keeps every acknowledged vote; bad requests are refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from evalkit.human.demo import add_rater, make_study
+
+PG_URL = os.environ.get("EVALKIT_TEST_PG_URL")
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not PG_URL,
+            reason='EVALKIT_TEST_PG_URL is unset (run `eval "$(bash scripts/ci_postgres.sh)"`)',
+        ),
+    ),
+]
+ANSWERS = {"fidelity": "A", "alignment": "tie"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``evalkit rate serve`` in a child process."""
+
+    def __init__(
+        self, study_dir: Path, db: str | None, log: Path, ui: bool = True, cwd: Path | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "evalkit.human.cli",
+            "serve",
+            str(study_dir),
+            "--port",
+            str(self.port),
+        ]
+        if db:
+            cmd += ["--db", db]
+        if not ui:
+            cmd.append("--no-ui")
+        self.log = log
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+
+    def post(
+        self, path: str, token: str | None, body: dict | bytes | None = None
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if isinstance(body, bytes):
+            return httpx.post(
+                self.url + path,
+                content=body,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+        return httpx.post(self.url + path, json=body or {}, headers=headers, timeout=30)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def vote(server: Server, token: str, study_id: str) -> str:
+    task = server.post("/api/v1/next", token, {"study_id": study_id}).json()
+    body = {
+        "study_id": study_id,
+        "assignment_id": task["assignment_id"],
+        "submission_id": task["submission_id"],
+        "answers": ANSWERS,
+    }
+    r = server.post("/api/v1/vote", token, body)
+    assert r.status_code == 200, r.text
+    return r.json()["submission_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_killed_between_votes_keeps_every_acknowledged_vote(tmp_path, backend):
+    # SQLite: the full server (Gradio UI mounted); PostgreSQL: the same service without the UI
+    # (the guarantee lives in the store; this keeps the test fast).
+    db = PG_URL if backend == "postgresql" else None
+    ui = backend == "sqlite"
+    study, store, _ = make_study(tmp_path, db=db, ratings_per_item=4)
+    tokens = [add_rater(study, store, f"r{k}") for k in range(3)]
+    server = Server(study.root, db, tmp_path / "server.log", ui=ui)
+    acked = []
+    try:
+        for k in range(9):
+            acked.append(vote(server, tokens[k % 3], study.study_id))
+        server.kill()  # no shutdown hook runs
+        server = Server(study.root, db, tmp_path / "server.log", ui=ui)
+        stored = {v["submission_id"] for v in store.votes(study.study_id)}
+        assert set(acked) <= stored and len(stored) == len(acked)
+        acked.append(vote(server, tokens[0], study.study_id))  # and it goes on working
+        assert len({v["submission_id"] for v in store.votes(study.study_id)}) == len(acked)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    study, store, admin = make_study(root, gold_tasks=0)
+    tokens = {name: add_rater(study, store, name) for name in ("ann", "bob")}
+    server = Server(study.root, None, root / "server.log", cwd=root)  # runs below the cwd
+    yield study, store, admin, tokens, server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_http_api_refuses_bad_requests_and_stores_nothing(served):
+    study, store, _, tokens, server = served
+    before = len(store.votes(study.study_id, effective_only=False))
+    task = server.post("/api/v1/next", tokens["ann"]).json()
+    good = {
+        "study_id": study.study_id,
+        "assignment_id": task["assignment_id"],
+        "submission_id": task["submission_id"],
+        "answers": ANSWERS,
+    }
+    cases = [
+        (None, good, 400, "missing access token"),
+        ("x" * 43, good, 401, "unknown access token"),
+        (tokens["bob"], good, 403, "another rater"),
+        (tokens["ann"], {**good, "study_id": "st_nope"}, 404, "unknown study"),
+        (tokens["ann"], {**good, "assignment_id": "../../x"}, 400, "malformed task id"),
+        (tokens["ann"], {**good, "assignment_id": "Z" * 22}, 404, "unknown task"),
+        (
+            tokens["ann"],
+            {**good, "answers": {"fidelity": "X", "alignment": "A"}},
+            400,
+            "one of A, B or tie",
+        ),
+        (tokens["ann"], b"{not json", 400, "not valid JSON"),
+        (tokens["ann"], b'{"pad": "' + b"x" * 10_000 + b'"}', 413, "too large"),
+    ]
+    for token, body, status, message in cases:
+        r = server.post("/api/v1/vote", token, body)
+        assert r.status_code == status, (message, r.text)
+        assert message in r.json()["error"]
+    assert len(store.votes(study.study_id, effective_only=False)) == before
+
+
+@pytest.mark.slow
+def test_images_are_served_by_opaque_id_and_run_folders_are_not_reachable(served):
+    study, store, _, tokens, server = served
+    task = server.post("/api/v1/next", tokens["ann"]).json()
+    url = f"{server.url}/{task['set_a'][0]}"
+    r = httpx.get(url)
+    a = store.assignment(study.study_id, task["assignment_id"])
+    expected = (
+        Path(study.runs[a.left_source].path) / study.items[a.item_id].images[a.left_source][0]
+    )
+    assert r.status_code == 200 and r.content == expected.read_bytes()
+    assert (
+        r.headers["content-type"] == "image/png"
+        and r.headers["x-content-type-options"] == "nosniff"
+    )
+    run_file = Path(study.runs["r0"].path) / "results.json"
+    for path in (
+        f"/img/{task['assignment_id']}/a9",
+        f"/img/{task['assignment_id']}/..%2f..%2fresults.json",
+        "/img/..%2f..%2fetc/passwd",
+        f"/gradio_api/file={run_file}",
+        f"/file={run_file}",
+        f"/gradio_api/file={study.root / 'votes.sqlite3'}",
+        "/gradio_api/file=runs/run0/results.json",
+        "/gradio_api/file=study/study.json",
+    ):
+        r = httpx.get(server.url + path)
+        assert r.status_code in (400, 403, 404, 405), (path, r.status_code)
+        assert b"run_id" not in r.content
+
+
+@pytest.mark.slow
+def test_pages_carry_security_headers_and_show_no_task_without_a_token(served):
+    study, _, _, _, server = served
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["x-frame-options"] == "DENY"
+    for item in study.items.values():
+        assert item.prompt not in r.text
+
+
+@pytest.mark.slow
+def test_admin_endpoints_need_the_admin_token(served):
+    study, _, admin, tokens, server = served
+    assert (
+        httpx.get(
+            server.url + "/api/v1/progress", headers={"Authorization": f"Bearer {tokens['ann']}"}
+        ).status_code
+        == 403
+    )
+    r = httpx.get(server.url + "/api/v1/progress", headers={"Authorization": f"Bearer {admin}"})
+    assert r.status_code == 200 and r.json()["study_id"] == study.study_id
+    r = httpx.get(
+        server.url + "/api/v1/export?format=csv", headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert r.status_code == 200 and r.text.startswith("vote_id,")
+
+
+@pytest.mark.slow
+def test_repeated_failed_tokens_from_one_client_are_locked_out(served):
+    _, _, _, _, server = served
+    statuses = [server.post("/api/v1/next", "y" * 43).status_code for _ in range(40)]
+    assert statuses[0] == 401 and statuses[-1] == 429
+    r = server.post("/api/v1/next", "y" * 43)
+    assert "Retry-After" in r.headers and "wait" in r.json()["error"]
