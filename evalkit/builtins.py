@@ -24,15 +24,55 @@ MODELS.register(
 MODELS.add_source(card_entries)
 
 # Suites. Factories take (options: dict).
-SUITES.register("shapes", "evalkit.suites.shapes:make_shapes_suite", description="offline procedurally rendered compositional scenes")
-SUITES.register("coco", "evalkit.suites.coco:make_coco_suite", description="zero-shot COCO FID-30K (Imagen protocol, 2014 val by default)")
-SUITES.register("drawbench", "evalkit.suites.drawbench:make_drawbench_suite", description="DrawBench, 200 prompts in 11 categories (fetched, not bundled)")
-SUITES.register("csv", "evalkit.suites.prompt_files:make_csv_suite", description="your own prompts from a CSV file (prompt[,id,category])")
-SUITES.register("jsonl", "evalkit.suites.prompt_files:make_jsonl_suite", description="your own prompts from a JSONL file (prompt[,id,category])")
+SUITES.register(
+    "shapes",
+    "evalkit.suites.shapes:make_shapes_suite",
+    description="offline procedurally rendered compositional scenes",
+)
+SUITES.register(
+    "coco",
+    "evalkit.suites.coco:make_coco_suite",
+    description="zero-shot COCO FID-30K (Imagen protocol, 2014 val by default)",
+)
+SUITES.register(
+    "drawbench",
+    "evalkit.suites.drawbench:make_drawbench_suite",
+    description="DrawBench, 200 prompts in 11 categories (fetched, not bundled)",
+)
+SUITES.register(
+    "csv",
+    "evalkit.suites.prompt_files:make_csv_suite",
+    description="your own prompts from a CSV file (prompt[,id,category])",
+)
+SUITES.register(
+    "jsonl",
+    "evalkit.suites.prompt_files:make_jsonl_suite",
+    description="your own prompts from a JSONL file (prompt[,id,category])",
+)
 
 # Metrics. Factories take (options: dict, context: MetricContext).
-METRICS.register("fid", "evalkit.metrics.fid:make_fid", description="Fréchet Inception Distance (TF-Inception pool3, torch-fidelity exact)")
-METRICS.register("kid", "evalkit.metrics.kid:make_kid", description="Kernel Inception Distance (unbiased MMD², seeded subsets)")
-METRICS.register("is", "evalkit.metrics.inception_score:make_inception_score", description="Inception Score (seeded splits)")
-METRICS.register("clip_score", "evalkit.metrics.clip_score:make_clip_score", description="CLIP score with open_clip (raw cosine and x100)")
-METRICS.register("shapes_accuracy", "evalkit.metrics.shapes_accuracy:make_shapes_accuracy", description="GenEval-style per-image check of a shapes prompt's every clause")
+METRICS.register(
+    "fid",
+    "evalkit.metrics.fid:make_fid",
+    description="Fréchet Inception Distance (TF-Inception pool3, torch-fidelity exact)",
+)
+METRICS.register(
+    "kid",
+    "evalkit.metrics.kid:make_kid",
+    description="Kernel Inception Distance (unbiased MMD², seeded subsets)",
+)
+METRICS.register(
+    "is",
+    "evalkit.metrics.inception_score:make_inception_score",
+    description="Inception Score (seeded splits)",
+)
+METRICS.register(
+    "clip_score",
+    "evalkit.metrics.clip_score:make_clip_score",
+    description="CLIP score with open_clip (raw cosine and x100)",
+)
+METRICS.register(
+    "shapes_accuracy",
+    "evalkit.metrics.shapes_accuracy:make_shapes_accuracy",
+    description="GenEval-style per-image check of a shapes prompt's every clause",
+)

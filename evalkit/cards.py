@@ -94,7 +94,9 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     weights: dict[str, WeightSpec] = {}
     for key, spec in (data.get("weights") or {}).items():
         if not isinstance(spec, Mapping):
-            raise InputError(f"model card {path}: weights.{key} must be a table with path/hub_id and sha256")
+            raise InputError(
+                f"model card {path}: weights.{key} must be a table with path/hub_id and sha256"
+            )
         local = spec.get("path")
         hub_id = spec.get("hub_id")
         if local is None and hub_id is None:
@@ -139,9 +141,13 @@ def card_entries() -> list[Any]:
             try:
                 card = load_card(path)
             except InputError as exc:
-                entries.append(Entry(path.stem, partial(_broken_card, exc), f"BROKEN CARD: {exc}", str(path)))
+                entries.append(
+                    Entry(path.stem, partial(_broken_card, exc), f"BROKEN CARD: {exc}", str(path))
+                )
                 continue
-            entries.append(Entry(card.name, partial(_card_factory, card), card.description, str(path)))
+            entries.append(
+                Entry(card.name, partial(_card_factory, card), card.description, str(path))
+            )
     return entries
 
 

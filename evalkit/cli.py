@@ -54,30 +54,67 @@ def _parse_sweep(text: str | None) -> tuple[str, list[Any]] | None:
     param, sep, values = text.partition("=")
     parsed = [parse_value(v) for v in _split_csv(values)]
     if not sep or not param.strip() or len(parsed) < 2:
-        raise UsageError(f"--sweep: expected PARAM=V1,V2[,...] with at least two values, got {text!r}")
+        raise UsageError(
+            f"--sweep: expected PARAM=V1,V2[,...] with at least two values, got {text!r}"
+        )
     return param.strip(), parsed
 
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registry name or model card.")] = "reference",
-    suite: Annotated[str, typer.Option("--suite", "-s", help="Suite name (see `evalkit list suites`).")] = "shapes",
-    num_samples: Annotated[int | None, typer.Option(help="Number of prompts (COCO default 30000).")] = None,
-    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k", help="Images per prompt.")] = 1,
-    metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: per suite).")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Registry name or model card.")
+    ] = "reference",
+    suite: Annotated[
+        str, typer.Option("--suite", "-s", help="Suite name (see `evalkit list suites`).")
+    ] = "shapes",
+    num_samples: Annotated[
+        int | None, typer.Option(help="Number of prompts (COCO default 30000).")
+    ] = None,
+    images_per_prompt: Annotated[
+        int, typer.Option("--images-per-prompt", "-k", help="Images per prompt.")
+    ] = 1,
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma-separated metrics (default: per suite).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Run seed; per-image seeds derive from it.")] = 0,
-    resolution: Annotated[int | None, typer.Option(help="Side length scored (COCO default 256, shapes 64).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Generation batch size (does not change results).")] = 16,
+    resolution: Annotated[
+        int | None, typer.Option(help="Side length scored (COCO default 256, shapes 64).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Generation batch size (does not change results).")
+    ] = 16,
     metric_batch_size: Annotated[int, typer.Option(help="Feature-extraction batch size.")] = 64,
-    device: Annotated[str, typer.Option(help="cpu, cuda (one GPU per torchrun rank) or cuda:N.")] = "cpu",
-    out: Annotated[Path, typer.Option(help="Output root; the run goes to OUT/<run-id>/.")] = Path("reports"),
-    cache_dir: Annotated[Path | None, typer.Option(help="Cache root (default $EVALKIT_CACHE or ~/.cache/evalkit).")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="Prompt file for drawbench/csv/jsonl suites.")] = None,
-    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="Model option KEY=VALUE (repeatable).")] = None,
-    suite_opt: Annotated[list[str] | None, typer.Option("--suite-opt", help="Suite option KEY=VALUE (repeatable).")] = None,
-    metric_opt: Annotated[list[str] | None, typer.Option("--metric-opt", help="METRIC.KEY=VALUE (repeatable).")] = None,
-    sweep: Annotated[str | None, typer.Option(help="Sweep a model option, e.g. guidance=1,1.25,1.5,2.")] = None,
-    allow_random_weights: Annotated[bool, typer.Option(help="Plumbing only: random weights where none are found; results marked UNCALIBRATED.")] = False,
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda (one GPU per torchrun rank) or cuda:N.")
+    ] = "cpu",
+    out: Annotated[Path, typer.Option(help="Output root; the run goes to OUT/<run-id>/.")] = Path(
+        "reports"
+    ),
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default $EVALKIT_CACHE or ~/.cache/evalkit).")
+    ] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompt file for drawbench/csv/jsonl suites.")
+    ] = None,
+    model_opt: Annotated[
+        list[str] | None, typer.Option("--model-opt", help="Model option KEY=VALUE (repeatable).")
+    ] = None,
+    suite_opt: Annotated[
+        list[str] | None, typer.Option("--suite-opt", help="Suite option KEY=VALUE (repeatable).")
+    ] = None,
+    metric_opt: Annotated[
+        list[str] | None, typer.Option("--metric-opt", help="METRIC.KEY=VALUE (repeatable).")
+    ] = None,
+    sweep: Annotated[
+        str | None, typer.Option(help="Sweep a model option, e.g. guidance=1,1.25,1.5,2.")
+    ] = None,
+    allow_random_weights: Annotated[
+        bool,
+        typer.Option(
+            help="Plumbing only: random weights where none are found; results marked UNCALIBRATED."
+        ),
+    ] = False,
     report: Annotated[bool, typer.Option(help="Write report.html and report.md.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -88,7 +125,9 @@ def run(
     if prompts is not None:
         key = PROMPT_OPTION.get(suite)
         if key is None:
-            raise UsageError(f"--prompts applies to the drawbench, csv and jsonl suites, not {suite!r}")
+            raise UsageError(
+                f"--prompts applies to the drawbench, csv and jsonl suites, not {suite!r}"
+            )
         suite_options[key] = str(prompts.resolve())
     if suite == "coco" and num_samples is not None:
         suite_options["num_samples"] = num_samples
@@ -123,7 +162,9 @@ def run(
     param, values = swept
     run_dirs = []
     for value in values:
-        point = RunSpec.from_dict({**spec.to_dict(), "model_options": {**spec.model_options, param: value}})
+        point = RunSpec.from_dict(
+            {**spec.to_dict(), "model_options": {**spec.model_options, param: value}}
+        )
         run_dirs.append(execute(point, options))
     if run_dirs[0] is None:
         return  # not rank 0
@@ -136,7 +177,9 @@ def run(
 
 
 @app.command("report")
-def report_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder (holding results.json).")]) -> None:
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (holding results.json).")],
+) -> None:
     """(Re)build report.html and report.md for a finished run."""
     from evalkit.report.build import build_report
 
@@ -148,7 +191,9 @@ def report_cmd(run_dir: Annotated[Path, typer.Argument(help="A run folder (holdi
 def compare(
     a: Annotated[Path, typer.Argument(help="Baseline results.json or run folder.")],
     b: Annotated[Path, typer.Argument(help="Candidate results.json or run folder.")],
-    force: Annotated[bool, typer.Option(help="Compare even when the protocols differ (differences are printed).")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Compare even when the protocols differ (differences are printed).")
+    ] = False,
 ) -> None:
     """Compare two results; refuses results measured under different protocols unless --force."""
     from evalkit.report.compare import compare_results, render_comparison_md
@@ -174,19 +219,26 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, suites or metrics
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"unknown kind {kind!r}: choose models, suites or metrics.{hint}")
     for name, entry in REGISTRIES[kind].entries().items():
-        typer.echo(f"{name:<20} {entry.description}" + (f"  [{entry.source}]" if entry.source != "built-in" else ""))
+        typer.echo(
+            f"{name:<20} {entry.description}"
+            + (f"  [{entry.source}]" if entry.source != "built-in" else "")
+        )
 
 
 def _mount_subcommands() -> None:
     """Command groups that live beside their code (imports stay light: no Gradio, no torch)."""
     from evalkit.human.cli import rate_app
 
-    app.add_typer(rate_app, name="rate", help="Human pairwise rating studies (Gradio app, votes, reports).")
+    app.add_typer(
+        rate_app, name="rate", help="Human pairwise rating studies (Gradio app, votes, reports)."
+    )
 
 
 _mount_subcommands()
 
-fetch_app = typer.Typer(help="Download weights and data (online), verified by checksum, into the cache.")
+fetch_app = typer.Typer(
+    help="Download weights and data (online), verified by checksum, into the cache."
+)
 app.add_typer(fetch_app, name="fetch")
 
 
@@ -208,7 +260,10 @@ def fetch_inception_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None
 def fetch_clip_cmd(
     model: Annotated[str, typer.Option(help="open_clip model name.")] = "ViT-L-14-quickgelu",
     pretrained: Annotated[str, typer.Option(help="open_clip pretrained tag.")] = "openai",
-    weights: Annotated[Path | None, typer.Option(help="A local weights file to verify and cache instead of downloading.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="A local weights file to verify and cache instead of downloading."),
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
     """CLIP weights for the CLIP score (downloaded, or copied from --weights)."""
@@ -219,7 +274,10 @@ def fetch_clip_cmd(
 
 @fetch_app.command("coco")
 def fetch_coco_cmd(
-    dest: Annotated[Path | None, typer.Option(help="Where to put annotations/ and val20XX/ (default: the cache).")] = None,
+    dest: Annotated[
+        Path | None,
+        typer.Option(help="Where to put annotations/ and val20XX/ (default: the cache)."),
+    ] = None,
     year: Annotated[int, typer.Option(help="2014 (Imagen protocol) or 2017.")] = 2014,
 ) -> None:
     """COCO captions and validation images (official archives, checksummed)."""
@@ -247,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("interrupted: finished images are cached; rerun the same command to resume", file=sys.stderr)
+        print(
+            "interrupted: finished images are cached; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

@@ -29,7 +29,9 @@ from evalkit.suites.base import Item
 CACHE_KEY_VERSION = 1
 
 
-def plan_requests(items: Sequence[Item], images_per_prompt: int, run_seed: int) -> list[GenerationRequest]:
+def plan_requests(
+    items: Sequence[Item], images_per_prompt: int, run_seed: int
+) -> list[GenerationRequest]:
     """All requests of a run, item-major: (item 0, sample 0..K-1), (item 1, ...)."""
     return [
         GenerationRequest(item=item, sample_index=k, seed=derive_seed(run_seed, item.id, k))
@@ -49,7 +51,12 @@ def request_identity(generator: Generator, request: GenerationRequest) -> dict[s
 def cache_key(fingerprint: dict[str, Any], identity: dict[str, Any], resolution: int) -> str:
     """Content address of one image."""
     return sha256_json(
-        {"v": CACHE_KEY_VERSION, "model": fingerprint, "request": identity, "resolution": resolution}
+        {
+            "v": CACHE_KEY_VERSION,
+            "model": fingerprint,
+            "request": identity,
+            "resolution": resolution,
+        }
     )
 
 
@@ -84,10 +91,15 @@ class ImageCache:
         return load_generated(self.path(key), size)
 
 
-def plan_images(generator: Generator, requests: Sequence[GenerationRequest], resolution: int) -> list[PlannedImage]:
+def plan_images(
+    generator: Generator, requests: Sequence[GenerationRequest], resolution: int
+) -> list[PlannedImage]:
     """Attach cache keys to requests."""
     fingerprint = generator.fingerprint()
-    return [PlannedImage(r, cache_key(fingerprint, request_identity(generator, r), resolution)) for r in requests]
+    return [
+        PlannedImage(r, cache_key(fingerprint, request_identity(generator, r), resolution))
+        for r in requests
+    ]
 
 
 def shard(planned: Sequence[PlannedImage], info: DistInfo) -> list[PlannedImage]:
@@ -119,7 +131,7 @@ def generate_missing(
             images = generator.generate([p.request for p in batch])
             images = check_output(images, len(batch), resolution, generator.name)
             array = images.permute(0, 2, 3, 1).contiguous().numpy()
-            for p, image in zip(batch, array):
+            for p, image in zip(batch, array, strict=False):
                 cache.put(p.key, image)
             advance(len(batch))
     return len(missing), cached

@@ -86,7 +86,9 @@ def load_reference(path: str | os.PathLike) -> np.ndarray:
     return pil_to_rgb(_open(path), f"image {path}")
 
 
-def center_crop_resize(array: np.ndarray, size: int, crop: str = "center", resample: str = "bicubic") -> np.ndarray:
+def center_crop_resize(
+    array: np.ndarray, size: int, crop: str = "center", resample: str = "bicubic"
+) -> np.ndarray:
     """Center-crop to a square (``crop="center"``) or not (``"none"``), then PIL-resize to ``size``.
 
     PIL's antialiased filters are the resizes clean-fid shows to be safe for FID.
@@ -108,5 +110,7 @@ def center_crop_resize(array: np.ndarray, size: int, crop: str = "center", resam
         array = array[top : top + s, left : left + s]
     if array.shape[0] == size and array.shape[1] == size:
         return np.ascontiguousarray(array)
-    img = Image.fromarray(np.ascontiguousarray(array), mode="RGB").resize((size, size), filters[resample])
+    img = Image.fromarray(np.ascontiguousarray(array), mode="RGB").resize(
+        (size, size), filters[resample]
+    )
     return np.asarray(img, dtype=np.uint8).copy()

@@ -79,7 +79,9 @@ class Registry:
                 f"invalid {self.kind} name {name!r}: use lower-case letters, digits, '-', '_' or '.'"
             )
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name].source})")
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered ({self._entries[name].source})"
+            )
         if isinstance(target, str) and ":" not in target:
             raise ValueError(f"lazy target for {self.kind} {name!r} must look like 'module:attr'")
         self._entries[name] = Entry(name, target, description, source)
@@ -96,7 +98,9 @@ class Registry:
         for ep in entry_points(group=self.group):
             if ep.name in self._entries:
                 continue  # built-ins win; a plugin cannot silently replace them
-            self._entries[ep.name] = Entry(ep.name, ep.value, f"plugin ({ep.value})", f"entry point {self.group}")
+            self._entries[ep.name] = Entry(
+                ep.name, ep.value, f"plugin ({ep.value})", f"entry point {self.group}"
+            )
 
     def entries(self) -> dict[str, Entry]:
         """All entries: built-ins, entry-point plugins and extra sources (cards)."""

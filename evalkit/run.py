@@ -15,7 +15,14 @@ import torch
 
 from evalkit import __version__
 from evalkit.atomic import atomic_write_json, atomic_write_text
-from evalkit.distributed import DistInfo, barrier, dist_info, init_process_group, rank_device, shutdown
+from evalkit.distributed import (
+    DistInfo,
+    barrier,
+    dist_info,
+    init_process_group,
+    rank_device,
+    shutdown,
+)
 from evalkit.environment import environment
 from evalkit.errors import UsageError
 from evalkit.generate import (
@@ -155,11 +162,15 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
         suite = build_suite(spec)
         items = select_items(suite, spec)
         generator = build_generator(spec, suite, options, device)
-        planned = plan_images(generator, plan_requests(items, spec.images_per_prompt, spec.seed), spec.resolution)
+        planned = plan_images(
+            generator, plan_requests(items, spec.images_per_prompt, spec.seed), spec.resolution
+        )
         run_dir = Path(options.out_root) / spec.run_id()
         cache = ImageCache(cache_dir / "images")
         if info.is_main:
-            log(f"run {run_dir} · {len(items)} prompts × {spec.images_per_prompt} images · {info.world_size} process(es)")
+            log(
+                f"run {run_dir} · {len(items)} prompts × {spec.images_per_prompt} images · {info.world_size} process(es)"
+            )
 
         t_gen = time.perf_counter()
         generated, cached = generate_missing(
@@ -175,7 +186,9 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
         if not info.is_main:
             return None
 
-        (run_dir / "results.json").unlink(missing_ok=True)  # never leave a stale result beside new images
+        (run_dir / "results.json").unlink(
+            missing_ok=True
+        )  # never leave a stale result beside new images
         atomic_write_json(run_dir / "spec.json", spec.to_dict())
         link_into(run_dir / "images", planned, cache)
         write_samples(run_dir, planned)
@@ -195,7 +208,12 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
             for name in spec.metrics
         }
         metric_results, metric_seconds = compute_metrics(
-            metrics, planned, cache, spec.resolution, options.metric_batch_size, options.show_progress
+            metrics,
+            planned,
+            cache,
+            spec.resolution,
+            options.metric_batch_size,
+            options.show_progress,
         )
         results = assemble_results(
             spec,
@@ -238,7 +256,9 @@ def assemble_results(
     world_size: int,
 ) -> dict[str, Any]:
     """The results.json document (schema: docs/results-schema.md)."""
-    uncalibrated = bool(generator.uncalibrated) or any(r.uncalibrated for r in metric_results.values())
+    uncalibrated = bool(generator.uncalibrated) or any(
+        r.uncalibrated for r in metric_results.values()
+    )
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": spec.run_id(),

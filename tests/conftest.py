@@ -50,7 +50,11 @@ class TinySuite(Suite):
     def items(self) -> list[Item]:
         colours = ["red", "green", "blue"]
         return [
-            Item(id=f"tiny-{i:03d}", prompt=f"a {colours[i % 3]} blob number {i}", category=colours[i % 3])
+            Item(
+                id=f"tiny-{i:03d}",
+                prompt=f"a {colours[i % 3]} blob number {i}",
+                category=colours[i % 3],
+            )
             for i in range(self.n)
         ]
 
@@ -62,7 +66,9 @@ class TinySuite(Suite):
         return rng.integers(0, 256, size=(resolution, resolution, 3), dtype=np.uint8)
 
     def reference_set(self, resolution: int) -> ReferenceSet:
-        return TinyReferenceSet(np.stack([self.reference_image(i, resolution) for i in self.items()]))
+        return TinyReferenceSet(
+            np.stack([self.reference_image(i, resolution) for i in self.items()])
+        )
 
 
 class PixelMean(Metric):
@@ -75,31 +81,43 @@ class PixelMean(Metric):
         self.sums: dict[str, list[float]] = {}
         self.categories: dict[str, str | None] = {}
 
-    def update(self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]) -> None:
+    def update(
+        self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
+    ) -> None:
         means = images.double().mean(dim=(1, 2, 3))
-        for item, m in zip(items, means.tolist()):
+        for item, m in zip(items, means.tolist(), strict=False):
             self.sums.setdefault(item.id, []).append(m)
             self.categories[item.id] = item.category
 
     def compute(self) -> MetricResult:
         per_item = {k: float(np.mean(v)) for k, v in self.sums.items()}
         value, interval, per_cat = summarize(per_item, self.categories, seed=self.context.seed)
-        return MetricResult(self.name, value, interval, per_item=per_item, per_category=per_cat,
-                            manifest={"implementation": "tests"})
+        return MetricResult(
+            self.name,
+            value,
+            interval,
+            per_item=per_item,
+            per_category=per_cat,
+            manifest={"implementation": "tests"},
+        )
 
 
 def _register_test_entries() -> None:
     if "test-tiny" not in SUITES.names():
         SUITES.register("test-tiny", lambda options: TinySuite(**options), description="tests only")
     if "test-pixel-mean" not in METRICS.names():
-        METRICS.register("test-pixel-mean", lambda options, context: PixelMean(context), description="tests only")
+        METRICS.register(
+            "test-pixel-mean", lambda options, context: PixelMean(context), description="tests only"
+        )
 
 
 _register_test_entries()
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Every test gets its own EVALKIT_CACHE unless it asks for the shared session cache."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("EVALKIT_CACHE", str(cache))

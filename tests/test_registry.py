@@ -48,7 +48,9 @@ def test_lazy_entry_imports_its_module_only_on_get():
 
 def test_entry_point_plugins_are_listed_and_loaded(monkeypatch):
     fake = SimpleNamespace(name="plugin-model", value="os.path:basename")
-    monkeypatch.setattr(reg, "entry_points", lambda group: [fake] if group == "evalkit.plugins-test" else [])
+    monkeypatch.setattr(
+        reg, "entry_points", lambda group: [fake] if group == "evalkit.plugins-test" else []
+    )
     r = Registry("models", "evalkit.plugins-test")
     assert r.names() == ["plugin-model"]
     assert r.get("plugin-model") is __import__("os").path.basename
@@ -63,21 +65,29 @@ def write_card(folder: Path, text: str, name: str = "card.toml") -> Path:
 
 
 def test_model_card_declares_a_model_without_code(tmp_path, monkeypatch):
-    write_card(tmp_path / "cards", 'name = "toy-big"\nadapter = "toy"\ndescription = "toy at 128"\n'
-               "[sampling]\nnum_blobs = 5\n[options]\nnative_resolution = 128\n")
+    write_card(
+        tmp_path / "cards",
+        'name = "toy-big"\nadapter = "toy"\ndescription = "toy at 128"\n'
+        "[sampling]\nnum_blobs = 5\n[options]\nnative_resolution = 128\n",
+    )
     monkeypatch.setenv("EVALKIT_MODEL_PATH", str(tmp_path / "cards"))
     assert "toy-big" in MODELS.names()
     from evalkit.generators.base import GeneratorContext
 
     context = GeneratorContext(resolution=32)
     generator = MODELS.get("toy-big")({"noise": 0.0}, context)
-    assert generator.native_resolution == 128 and generator.num_blobs == 5 and generator.noise == 0.0
+    assert (
+        generator.native_resolution == 128 and generator.num_blobs == 5 and generator.noise == 0.0
+    )
     assert context.extra["card"].name == "toy-big"
 
 
 def test_card_weights_paths_resolve_relative_to_the_card(tmp_path):
-    path = write_card(tmp_path, 'name = "m"\nadapter = "imagen"\n[weights.base]\npath = "ckpt/base.safetensors"\n'
-                      f'sha256 = "{"a" * 64}"\n')
+    path = write_card(
+        tmp_path,
+        'name = "m"\nadapter = "imagen"\n[weights.base]\npath = "ckpt/base.safetensors"\n'
+        f'sha256 = "{"a" * 64}"\n',
+    )
     card = load_card(path)
     assert card.weights["base"].path == (tmp_path / "ckpt/base.safetensors").resolve()
     assert card.weights["base"].sha256 == "a" * 64

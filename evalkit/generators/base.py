@@ -70,7 +70,9 @@ class Generator(ABC):
         return {}
 
 
-def float_to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+def float_to_uint8(
+    images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
     """Map float images in ``value_range`` to uint8; NaN/inf or far out-of-range values raise."""
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
@@ -89,7 +91,9 @@ def float_to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.
 def check_output(images: Any, n: int, resolution: int, model: str) -> torch.Tensor:
     """Validate a generator's output: uint8 tensor of shape (n, 3, resolution, resolution)."""
     if not isinstance(images, torch.Tensor):
-        raise GenerationError(f"model {model!r} returned {type(images).__name__}, expected a torch.Tensor")
+        raise GenerationError(
+            f"model {model!r} returned {type(images).__name__}, expected a torch.Tensor"
+        )
     if images.dtype != torch.uint8:
         raise GenerationError(
             f"model {model!r} returned dtype {images.dtype}, expected torch.uint8 "
@@ -97,5 +101,7 @@ def check_output(images: Any, n: int, resolution: int, model: str) -> torch.Tens
         )
     expected = (n, 3, resolution, resolution)
     if tuple(images.shape) != expected:
-        raise GenerationError(f"model {model!r} returned images of shape {tuple(images.shape)}, expected {expected}")
+        raise GenerationError(
+            f"model {model!r} returned images of shape {tuple(images.shape)}, expected {expected}"
+        )
     return images.cpu()

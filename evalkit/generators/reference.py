@@ -50,7 +50,9 @@ class ReferenceGenerator(Generator):
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def make_reference_generator(options: dict[str, Any], context: GeneratorContext) -> ReferenceGenerator:
+def make_reference_generator(
+    options: dict[str, Any], context: GeneratorContext
+) -> ReferenceGenerator:
     """Registry factory for ``reference`` (takes no options)."""
     if options:
         raise UsageError(f"model 'reference' takes no options, got {sorted(options)}")

@@ -39,15 +39,23 @@ class ToyGenerator(Generator):
 
     name = "toy"
 
-    def __init__(self, context: GeneratorContext, native_resolution: int = 64, num_blobs: int = 3,
-                 noise: float = 8.0, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        context: GeneratorContext,
+        native_resolution: int = 64,
+        num_blobs: int = 3,
+        noise: float = 8.0,
+        delay_s: float = 0.0,
+    ) -> None:
         if native_resolution < 8 or num_blobs < 0 or noise < 0 or delay_s < 0:
             raise UsageError("toy: native_resolution ≥ 8, num_blobs ≥ 0, noise ≥ 0, delay_s ≥ 0")
         self.resolution = context.resolution
         self._native = int(native_resolution)
         self.num_blobs = int(num_blobs)
         self.noise = float(noise)
-        self.delay_s = float(delay_s)  # slows generation down (tests of interruption); not a pixel setting
+        self.delay_s = float(
+            delay_s
+        )  # slows generation down (tests of interruption); not a pixel setting
 
     @property
     def native_resolution(self) -> int:
@@ -57,7 +65,11 @@ class ToyGenerator(Generator):
         return {"native_resolution": self._native, "num_blobs": self.num_blobs, "noise": self.noise}
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"model": "toy", "settings": self.settings(), "code": f"evalkit-{__version__}-toy-v1"}
+        return {
+            "model": "toy",
+            "settings": self.settings(),
+            "code": f"evalkit-{__version__}-toy-v1",
+        }
 
     def _draw(self, prompt: str, seed: int) -> np.ndarray:
         rng = numpy_rng(seed)
@@ -95,5 +107,7 @@ def make_toy_generator(options: dict[str, Any], context: GeneratorContext) -> To
     allowed = set(SETTINGS) | {"delay_s"}
     unknown = set(options) - allowed
     if unknown:
-        raise UsageError(f"model 'toy': unknown option(s) {sorted(unknown)}; known: {sorted(allowed)}")
+        raise UsageError(
+            f"model 'toy': unknown option(s) {sorted(unknown)}; known: {sorted(allowed)}"
+        )
     return ToyGenerator(context, **options)

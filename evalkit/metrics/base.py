@@ -65,7 +65,9 @@ class Metric(ABC):
     name: str = "metric"
 
     @abstractmethod
-    def update(self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]) -> None:
+    def update(
+        self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
+    ) -> None:
         """Add a batch: uint8 images (B, 3, H, W) and, per image, its item and sample index."""
 
     @abstractmethod
