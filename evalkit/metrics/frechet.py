@@ -1,0 +1,111 @@
+"""The Fréchet distance between two Gaussians, real-valued by construction.
+
+d² = |μ1 − μ2|² + Tr(Σ1) + Tr(Σ2) − 2·Tr((Σ1Σ2)^½), with
+
+    Tr((Σ1Σ2)^½) = Σ_i sqrt(max(λ_i, 0)),  λ = eig(√Σ1 · Σ2 · √Σ1)
+
+(eigenvalues below the rounding-noise floor n·eps·λ_max count as 0)
+
+where √Σ1 and the eigenvalues come from symmetric ``numpy.linalg.eigh`` in float64
+(√Σ1 is kept in factored form, see :func:`psd_factor`).
+√Σ1 Σ2 √Σ1 is symmetric positive semi-definite and similar to Σ1Σ2, so the result is real
+even when the covariances are singular (fewer samples than dimensions), and it needs no
+``scipy.linalg.sqrtm`` (slow, and complex-valued on singular inputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_cov(sigma: np.ndarray, name: str) -> np.ndarray:
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != s.shape[1]:
+        raise ValueError(f"{name} must be a square matrix, got shape {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name} has NaN or infinite entries")
+    return s
+
+
+def _symmetrize(m: np.ndarray) -> np.ndarray:
+    return 0.5 * (m + m.T)
+
+
+def _drop_rounding_noise(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues below the rounding-noise floor (n·eps·max, as in matrix_rank) set to 0.
+
+    The square root turns noise of size 1e-16 into 1e-8, and a singular covariance (fewer
+    samples than dimensions) has thousands of such eigenvalues; left in, they would make the
+    distance of a set to itself slightly negative.
+    """
+    w = np.asarray(eigenvalues, dtype=np.float64)
+    top = float(w.max(initial=0.0))
+    floor = top * w.size * np.finfo(np.float64).eps
+    return np.where(w > floor, w, 0.0)
+
+
+def psd_factor(sigma: np.ndarray) -> np.ndarray:
+    """A (d, r) with A·Aᵀ = Σ: A = V·diag(√λ) over the r eigenvalues above the noise floor (``eigh``).
+
+    √Σ = A·Vᵀ, so √Σ1·Σ2·√Σ1 = V·(Aᵀ·Σ2·A)·Vᵀ has the eigenvalues of the r×r matrix Aᵀ·Σ2·A:
+    the same numbers, from a smaller symmetric eigenproblem when Σ1 is singular.
+    """
+    s = _as_cov(sigma, "sigma")
+    w, v = np.linalg.eigh(_symmetrize(s))
+    w = _drop_rounding_noise(w)
+    keep = w > 0
+    return v[:, keep] * np.sqrt(w[keep])
+
+
+def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a PSD matrix by ``eigh`` (rounding-noise eigenvalues set to 0)."""
+    s = _as_cov(sigma, "sigma")
+    w, v = np.linalg.eigh(_symmetrize(s))
+    return _symmetrize((v * np.sqrt(_drop_rounding_noise(w))) @ v.T)
+
+
+def trace_sqrt_product(
+    sigma1: np.ndarray, sigma2: np.ndarray, *, factor1: np.ndarray | None = None
+) -> float:
+    """Tr((Σ1Σ2)^½) = Σ sqrt(eig(√Σ1 Σ2 √Σ1)), via :func:`psd_factor` (pass ``factor1`` to reuse it)."""
+    s2 = _as_cov(sigma2, "sigma2")
+    a = psd_factor(sigma1) if factor1 is None else np.asarray(factor1, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != s2.shape[0]:
+        raise ValueError(f"covariance shapes differ: factor {a.shape} vs sigma2 {s2.shape}")
+    if a.shape[1] == 0:
+        return 0.0
+    m = _symmetrize(a.T @ _symmetrize(s2) @ a)
+    eig = _drop_rounding_noise(np.linalg.eigvalsh(m))
+    return float(np.sqrt(eig).sum())
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    *,
+    factor1: np.ndarray | None = None,
+) -> float:
+    """Squared Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2), in float64.
+
+    ``factor1`` is :func:`psd_factor` of Σ1, to reuse when Σ1 is fixed (a reference set).
+    """
+    m1 = np.asarray(mu1, dtype=np.float64)
+    m2 = np.asarray(mu2, dtype=np.float64)
+    s1 = _as_cov(sigma1, "sigma1")
+    s2 = _as_cov(sigma2, "sigma2")
+    if (
+        m1.ndim != 1
+        or m1.shape != m2.shape
+        or s1.shape != (m1.size, m1.size)
+        or s2.shape != s1.shape
+    ):
+        raise ValueError(
+            f"inconsistent shapes: mu1 {m1.shape}, sigma1 {s1.shape}, mu2 {m2.shape}, sigma2 {s2.shape}"
+        )
+    if not (np.all(np.isfinite(m1)) and np.all(np.isfinite(m2))):
+        raise ValueError("means have NaN or infinite entries")
+    diff = m1 - m2
+    tr_covmean = trace_sqrt_product(s1, s2, factor1=factor1)
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)

@@ -1,0 +1,200 @@
+"""The FID Inception network: uint8 images in, float64 pool3 features (and logits) out.
+
+The network is torch-fidelity's ``FeatureExtractorInceptionV3`` (the TF Inception-v3 2015-12-05
+graph, bugs included). Two resize modes:
+
+- ``tf1`` (default, torch-fidelity exact): uint8 images go in at their native size and the
+  network resizes them to 299×299 with TF1 bilinear interpolation (no antialiasing).
+- ``clean`` (clean-fid's recipe): each channel is resized to 299×299 on the CPU with PIL's
+  antialiased bicubic filter on float32 values, clipped to [0, 255] and fed unquantised.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+from evalkit.errors import InputError, UsageError
+from evalkit.metrics.weights import RANDOM_SEED, InceptionWeights, load_state_dict
+
+RESIZE_MODES = ("tf1", "clean")
+INPUT_SIZE = 299
+MIN_IMAGE_SIZE = 16
+POOL3 = "2048"
+LOGITS = "logits_unbiased"
+EXTRACTOR_NAME = "inception-v3-compat"
+EXTRACTOR_DESCRIPTION = (
+    "torch-fidelity FeatureExtractorInceptionV3 (TF Inception-v3 2015-12-05, pool3 2048-d)"
+)
+
+
+class _Inception(FeatureExtractorInceptionV3):
+    """torch-fidelity's extractor that can also be built without a weights file."""
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        if not state_dict:  # the empty placeholder passed at construction: keep the init
+            return None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def forward_float299(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The same network on float images already at 299×299 with values in [0, 255]."""
+        x = (x.to(self.feature_extractor_internal_dtype) - 128) / 128
+        for name in (
+            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1",
+            "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
+            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
+            "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
+        ):  # fmt: skip
+            x = getattr(self, name)(x)
+        pool3 = torch.flatten(x, 1)
+        out = {POOL3: pool3.float(), LOGITS: pool3.mm(self.fc.weight.T).float()}
+        if not set(self.features_list) <= set(out):
+            raise UsageError(
+                f"clean resize supports features {sorted(out)}, not {self.features_list}"
+            )
+        return tuple(out[f] for f in self.features_list)
+
+
+def _empty_state_file() -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save({}, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def build_inception_network(
+    weights: InceptionWeights | None, features: Sequence[str]
+) -> _Inception:
+    """torch-fidelity's Inception with ``weights`` loaded (seeded random init when None/random)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        net = _Inception(
+            EXTRACTOR_NAME, list(features), feature_extractor_weights_path=_empty_state_file()
+        )
+    if weights is not None and weights.path is not None:
+        state = load_state_dict(weights.path)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise InputError(
+                f"Inception weights {weights.path}: not torch-fidelity's InceptionV3 layout ({exc})"
+            ) from exc
+    return net.eval().requires_grad_(False)
+
+
+def as_image_batch(images: torch.Tensor | np.ndarray, what: str = "images") -> torch.Tensor:
+    """Check a batch is uint8 (B, 3, H, W) with H, W ≥ 16 and return it as a CPU tensor."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not torch.is_tensor(images):
+        raise InputError(f"{what}: expected a uint8 tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise InputError(f"{what}: dtype {images.dtype}, expected torch.uint8 values in [0, 255]")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"{what}: shape {tuple(images.shape)}, expected (B, 3, H, W)")
+    if min(images.shape[2], images.shape[3]) < MIN_IMAGE_SIZE:
+        raise InputError(
+            f"{what}: {images.shape[2]}x{images.shape[3]} pixels is below the {MIN_IMAGE_SIZE}-pixel "
+            "minimum for Inception features"
+        )
+    return images.cpu()
+
+
+def clean_resize(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """clean-fid's resize: per-channel PIL bicubic on float32, clipped to [0, 255]; float32 out."""
+    arr = images.numpy()
+    out = np.empty((arr.shape[0], 3, size, size), dtype=np.float32)
+    for b in range(arr.shape[0]):
+        for c in range(3):
+            channel = Image.fromarray(arr[b, c].astype(np.float32))
+            resized = channel.resize((size, size), resample=Image.Resampling.BICUBIC)
+            out[b, c] = np.asarray(resized, dtype=np.float32)
+    return torch.from_numpy(np.clip(out, 0.0, 255.0))
+
+
+class InceptionExtractor:
+    """Batched uint8 (B, 3, H, W) → {layer: float64 (B, D)} with a fixed resize mode and device."""
+
+    def __init__(
+        self,
+        weights: InceptionWeights,
+        *,
+        layers: Sequence[str] = (POOL3,),
+        device: str = "cpu",
+        resize: str = "tf1",
+    ) -> None:
+        if resize not in RESIZE_MODES:
+            raise UsageError(
+                f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}"
+            )
+        self.weights = weights
+        self.layers = tuple(layers)
+        self.device = torch.device(device)
+        self.resize = resize
+        self.net = build_inception_network(weights, self.layers).to(self.device)
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """Features of one batch, float64 on the CPU, keyed by layer name."""
+        batch = as_image_batch(images)
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
+            if self.resize == "tf1":
+                outputs = self.net(batch.to(self.device))
+            else:
+                outputs = self.net.forward_float299(clean_resize(batch).to(self.device))
+        return {
+            name: out.detach().to("cpu", torch.float64).numpy()
+            for name, out in zip(self.layers, outputs, strict=True)
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entries for the extractor and its weights."""
+        resize = {
+            "tf1": "native size into the network, TF1 bilinear to 299 (torch-fidelity exact)",
+            "clean": "PIL bicubic (antialiased, float32 per channel) to 299 on CPU (clean-fid recipe)",
+        }[self.resize]
+        return {
+            "extractor": EXTRACTOR_DESCRIPTION,
+            "extractor_name": EXTRACTOR_NAME,
+            "resize": self.resize,
+            "resize_detail": resize,
+            "input_scaling": "(x - 128) / 128",
+            "dtype": "float32 network, float64 statistics",
+            "device": str(self.device),
+            **self.weights.manifest(),
+        }
+
+
+def check_options(options: dict[str, Any], defaults: dict[str, Any], metric: str) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; an unknown option raises :class:`UsageError`."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UsageError(
+            f"metric {metric!r}: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    merged = dict(defaults)
+    merged.update(options)
+    if merged.get("resize") not in RESIZE_MODES:
+        raise UsageError(
+            f"metric {metric!r}: resize must be one of {', '.join(RESIZE_MODES)}, got {merged.get('resize')!r}"
+        )
+    return merged
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a feature-based result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"torch": torch.__version__, "numpy": np.__version__}
+    for dist in ("torch-fidelity", "evalkit"):
+        try:
+            out[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            out[dist.replace("-", "_")] = "unknown"
+    return out

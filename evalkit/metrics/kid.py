@@ -1,0 +1,242 @@
+"""Kernel Inception Distance with torch-fidelity's defaults, seeded.
+
+KID is the unbiased MMD² between generated and reference pool3 features under the cubic
+polynomial kernel k(x, y) = (x·y / d + 1)³, averaged over 100 random subsets of 1000 images
+from each side (drawn without replacement with ``numpy.random.RandomState(seed)``, as
+torch-fidelity does). Both feature sets live on disk (memmaps); reference features are cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evalkit.errors import InputError, UsageError
+from evalkit.metrics.base import Metric, MetricContext, MetricResult
+from evalkit.metrics.inception import (
+    POOL3,
+    InceptionExtractor,
+    as_image_batch,
+    check_options,
+    library_versions,
+)
+from evalkit.metrics.refstats import (
+    FeatureSpill,
+    iter_reference_images,
+    load_checked_features,
+    reference_set_or_raise,
+    refstats_dir,
+    refstats_key,
+    save_features,
+)
+from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.suites.base import Item
+
+FEATURE_DIM = 2048
+KID_DEFAULTS: dict[str, Any] = {
+    "weights_path": None,
+    "resize": "tf1",
+    "subsets": 100,
+    "subset_size": 1000,
+    "degree": 3,
+    "gamma": None,
+    "coef0": 1.0,
+}
+
+
+def make_kid(options: dict[str, Any], context: MetricContext) -> KernelInceptionDistance:
+    """Registry factory. Options: weights_path, resize, subsets, subset_size, degree, gamma, coef0."""
+    opts = check_options(options, KID_DEFAULTS, "kid")
+    return KernelInceptionDistance(context, **opts)
+
+
+def polynomial_kernel(
+    x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float
+) -> np.ndarray:
+    """(γ x·yᵀ + c)^degree in float64."""
+    return (gamma * (x @ y.T) + coef0) ** degree
+
+
+def mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> float:
+    """Unbiased MMD² from the three m×m kernel matrices (diagonals of K_xx, K_yy dropped)."""
+    m = k_xx.shape[0]
+    sum_xx = k_xx.sum() - np.trace(k_xx)
+    sum_yy = k_yy.sum() - np.trace(k_yy)
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
+
+
+def kid_from_features(
+    generated: np.ndarray,
+    reference: np.ndarray,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """The per-subset MMD² values (``subsets``,) between two feature arrays (may be memmaps)."""
+    n1, d = generated.shape
+    n2 = reference.shape[0]
+    if reference.shape[1] != d:
+        raise ValueError(f"feature dimensions differ: {d} vs {reference.shape[1]}")
+    if subset_size < 2 or subset_size > min(n1, n2):
+        raise ValueError(f"subset_size {subset_size} must be in [2, min(N)={min(n1, n2)}]")
+    g = 1.0 / d if gamma is None else float(gamma)
+    rng = np.random.RandomState(seed)  # torch-fidelity's sampler: same subsets for the same seed
+    out = np.empty(subsets, dtype=np.float64)
+    for i in range(subsets):
+        # Rows are read in sorted order (fast on a memmap); MMD² does not depend on row order.
+        x = np.asarray(
+            generated[np.sort(rng.choice(n1, subset_size, replace=False))], dtype=np.float64
+        )
+        y = np.asarray(
+            reference[np.sort(rng.choice(n2, subset_size, replace=False))], dtype=np.float64
+        )
+        out[i] = mmd2_unbiased(
+            polynomial_kernel(x, x, degree, g, coef0),
+            polynomial_kernel(x, y, degree, g, coef0),
+            polynomial_kernel(y, y, degree, g, coef0),
+        )
+    return out
+
+
+def reference_features(
+    context: MetricContext, extractor: InceptionExtractor, *, metric: str = "kid"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Pool3 features of the suite's reference set as a memmap, from the cache or computed."""
+    ref = reference_set_or_raise(context, metric)
+    identity = ref.identity()
+    weights = extractor.weights
+    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3)
+    path = refstats_dir(context.cache_dir) / f"{key}.features.npy"
+    info = {"origin": "cache", "path": str(path), "key": key, "identity": identity}
+    check = {"weights_sha256": weights.sha256, "resize": extractor.resize, "feature_layer": POOL3}
+    if path.is_file() and path.with_name(path.name + ".json").is_file():
+        features, _ = load_checked_features(path, **check)
+        return features, info
+    spill = FeatureSpill(FEATURE_DIM, prefix="kid-reference")
+    try:
+        for batch in iter_reference_images(
+            ref, context.batch_size, f"{metric}: reference features"
+        ):
+            spill.append(extractor(batch)[POOL3])
+        header = {
+            "key": key,
+            "reference_identity": identity,
+            "weights_source": weights.source,
+            "extractor": extractor.describe()["extractor"],
+            **check,
+        }
+        save_features(path, spill.array(), header)
+    finally:
+        spill.close()
+    features, _ = load_checked_features(path, **check)
+    info["origin"] = "computed"
+    return features, info
+
+
+class KernelInceptionDistance(Metric):
+    """KID of the generated images against the suite's reference set."""
+
+    name = "kid"
+
+    def __init__(
+        self,
+        context: MetricContext,
+        *,
+        weights_path: str | Path | None = None,
+        resize: str = "tf1",
+        subsets: int = 100,
+        subset_size: int = 1000,
+        degree: int = 3,
+        gamma: float | None = None,
+        coef0: float = 1.0,
+    ) -> None:
+        for name, value, low in (
+            ("subsets", subsets, 1),
+            ("subset_size", subset_size, 2),
+            ("degree", degree, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"metric 'kid': {name} must be an integer >= {low}, got {value!r}")
+        reference_set_or_raise(context, "kid")  # fail now, not after generating every image
+        self.context = context
+        self.resize = resize
+        self.params = {"subsets": subsets, "subset_size": subset_size, "degree": degree,
+                       "gamma": gamma, "coef0": float(coef0)}  # fmt: skip
+        self.weights: InceptionWeights = resolve_inception_weights(
+            context.cache_dir,
+            weights_path=weights_path,
+            allow_random=context.allow_random_weights,
+            purpose="KID",
+        )
+        self._extractor: InceptionExtractor | None = None
+        self._spill = FeatureSpill(FEATURE_DIM, prefix="kid")
+
+    @property
+    def extractor(self) -> InceptionExtractor:
+        """The Inception network, built on first use."""
+        if self._extractor is None:
+            self._extractor = InceptionExtractor(
+                self.weights, layers=(POOL3,), device=self.context.device, resize=self.resize
+            )
+        return self._extractor
+
+    def update(
+        self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
+    ) -> None:
+        """Add a batch of uint8 (B, 3, H, W) generated images."""
+        batch = as_image_batch(images, "kid: generated images")
+        self._spill.append(self.extractor(batch)[POOL3])
+
+    def compute(self) -> MetricResult:
+        """Mean (value) and standard deviation (values["kid_std"]) of the subset MMD²s."""
+        generated = self._spill.array()
+        if generated.shape[0] < 2:
+            raise InputError(f"KID needs at least 2 generated images, got {generated.shape[0]}")
+        reference, ref_info = reference_features(self.context, self.extractor)
+        if reference.shape[0] < 2:
+            raise InputError(f"KID needs at least 2 reference images, got {reference.shape[0]}")
+        p = self.params
+        size = min(p["subset_size"], generated.shape[0], reference.shape[0])
+        notes = []
+        if size < p["subset_size"]:
+            notes.append(
+                f"subset_size clipped from {p['subset_size']} to {size} (generated {generated.shape[0]}, "
+                f"reference {reference.shape[0]} images); values are not comparable with subset size "
+                f"{p['subset_size']}"
+            )
+        mmds = kid_from_features(
+            generated, reference, subsets=p["subsets"], subset_size=size, degree=p["degree"],
+            gamma=p["gamma"], coef0=p["coef0"], seed=self.context.seed,
+        )  # fmt: skip
+        manifest = {
+            "implementation": "evalkit (torch-fidelity Inception features, torch-fidelity KID defaults)",
+            **self.extractor.describe(),
+            "feature_layer": f"{POOL3} (pool3)",
+            "num_generated": int(generated.shape[0]),
+            "num_reference": int(reference.shape[0]),
+            "reference_identity": ref_info.get("identity"),
+            "reference_features": {k: v for k, v in ref_info.items() if k != "identity"},
+            "kernel": f"polynomial degree {p['degree']}, gamma {p['gamma'] or '1/d'}, coef0 {p['coef0']}",
+            "estimator": "unbiased MMD^2",
+            "subsets": p["subsets"],
+            "subset_size": size,
+            "subset_size_requested": p["subset_size"],
+            "sampler": f"numpy RandomState({self.context.seed}).choice without replacement",
+            "notes": notes,
+            **{f"{k}_version": v for k, v in library_versions().items()},
+        }
+        return MetricResult(
+            name=self.name,
+            value=float(mmds.mean()),
+            values={"kid_std": float(mmds.std())},
+            manifest=manifest,
+            uncalibrated=not self.weights.calibrated,
+        )

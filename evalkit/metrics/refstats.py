@@ -1,0 +1,346 @@
+"""Streaming feature statistics, features spilled to disk, and the reference-statistics cache.
+
+``FeatureStats`` keeps a running float64 sum and sum of outer products around a fixed shift
+(the first batch's mean, which keeps the covariance free of cancellation), so memory is
+O(d²) whatever the number of images. ``FeatureSpill`` appends features to a temporary file
+and reads them back as a ``numpy.memmap``, for metrics that need every feature (KID, IS,
+the FID bootstrap) without holding them in memory.
+
+Reference statistics are cached under ``<cache_dir>/refstats/<key>.npz`` where ``key`` is the
+sha256 of (reference identity, resize mode, weights sha256, feature layer). Every stats file
+carries a JSON header; a file made with other weights, another resize or layer is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import weakref
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evalkit.atomic import atomic_write, atomic_write_json
+from evalkit.errors import InputError, ProtocolMismatchError, UsageError
+from evalkit.hashing import sha256_json
+from evalkit.metrics.base import MetricContext
+from evalkit.suites.base import ReferenceSet
+
+STATS_FORMAT = "evalkit-feature-stats"
+FEATURES_FORMAT = "evalkit-features"
+FORMAT_VERSION = 1
+
+
+class FeatureStats:
+    """Running mean and covariance of d-dimensional features (float64, memory flat in N)."""
+
+    def __init__(self, dim: int) -> None:
+        if dim < 1:
+            raise ValueError(f"feature dimension must be positive, got {dim}")
+        self.dim = int(dim)
+        self.n = 0
+        self._shift: np.ndarray | None = None
+        self._sum = np.zeros(self.dim, dtype=np.float64)
+        self._outer = np.zeros((self.dim, self.dim), dtype=np.float64)
+
+    def update(self, features: np.ndarray) -> None:
+        """Add a batch of features (B, d)."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features (B, {self.dim}), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("features contain NaN or infinite values")
+        if x.shape[0] == 0:
+            return
+        if self._shift is None:
+            self._shift = x.mean(axis=0)
+        y = x - self._shift
+        self._sum += y.sum(axis=0)
+        self._outer += y.T @ y
+        self.n += x.shape[0]
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Add another accumulator's features to this one (in place); returns self."""
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge stats of dimension {other.dim} into {self.dim}")
+        if other.n == 0:
+            return self
+        if self._shift is None:
+            self._shift = other._shift.copy()
+        delta = other._shift - self._shift
+        s1 = other._sum + other.n * delta
+        self._outer += other._outer + np.outer(other._sum, delta) + np.outer(delta, other._sum)
+        self._outer += other.n * np.outer(delta, delta)
+        self._sum += s1
+        self.n += other.n
+        return self
+
+    def mean(self) -> np.ndarray:
+        """Mean feature (d,)."""
+        if self.n < 1:
+            raise ValueError("no features added")
+        return self._shift + self._sum / self.n
+
+    def cov(self) -> np.ndarray:
+        """Unbiased covariance (d, d), normalised by N − 1."""
+        if self.n < 2:
+            raise ValueError(f"covariance needs at least 2 features, have {self.n}")
+        c = (self._outer - np.outer(self._sum, self._sum) / self.n) / (self.n - 1)
+        return 0.5 * (c + c.T)
+
+    @classmethod
+    def from_moments(cls, n: int, mu: np.ndarray, sigma: np.ndarray) -> FeatureStats:
+        """Stats equivalent to ``n`` features with mean ``mu`` and covariance ``sigma``."""
+        mu = np.asarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size) or n < 2:
+            raise ValueError(f"bad moments: n={n}, mu {mu.shape}, sigma {sigma.shape}")
+        stats = cls(mu.size)
+        stats.n = int(n)
+        stats._shift = mu.copy()
+        stats._outer = sigma * (n - 1)
+        return stats
+
+    def save(self, path: str | os.PathLike, header: dict[str, Any]) -> Path:
+        """Write ``mu``, ``sigma``, ``n`` and a JSON ``header`` to an .npz, atomically."""
+        full = {
+            "format": STATS_FORMAT,
+            "format_version": FORMAT_VERSION,
+            **header,
+            "num_images": self.n,
+        }
+        arrays = {
+            "mu": self.mean(),
+            "sigma": self.cov(),
+            "n": np.array(self.n, dtype=np.int64),
+            "header": np.array(json.dumps(full, sort_keys=True)),
+        }
+        return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple[FeatureStats, dict[str, Any]]:
+        """Read a stats file written by :meth:`save`; a corrupt file raises :class:`InputError`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"][()]))
+                mu, sigma, n = data["mu"], data["sigma"], int(data["n"])
+        except FileNotFoundError as exc:
+            raise InputError(f"feature statistics {path}: file not found") from exc
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+            raise InputError(
+                f"feature statistics {path}: corrupt or not an evalkit stats file ({exc})"
+            ) from exc
+        if not isinstance(header, dict) or header.get("format") != STATS_FORMAT:
+            raise InputError(f"feature statistics {path}: header is not an {STATS_FORMAT} header")
+        try:
+            stats = cls.from_moments(n, mu, sigma)
+        except ValueError as exc:
+            raise InputError(f"feature statistics {path}: {exc}") from exc
+        if not (np.all(np.isfinite(stats.mean())) and np.all(np.isfinite(stats.cov()))):
+            raise InputError(f"feature statistics {path}: NaN or infinite values")
+        return stats, header
+
+
+class FeatureSpill:
+    """Features appended to a temporary file and read back as a read-only memmap (N, d)."""
+
+    def __init__(
+        self, dim: int, dtype: np.dtype | type = np.float32, prefix: str = "features"
+    ) -> None:
+        self.dim = int(dim)
+        self.dtype = np.dtype(dtype)
+        self.n = 0
+        self._dir = Path(tempfile.mkdtemp(prefix=f"evalkit-{prefix}-"))
+        self._path = self._dir / "features.bin"
+        self._file = open(self._path, "wb")  # noqa: SIM115 (closed by close/finalizer)
+        self._finalizer = weakref.finalize(self, FeatureSpill._cleanup, self._file, self._dir)
+
+    @staticmethod
+    def _cleanup(handle: Any, folder: Path) -> None:
+        try:
+            handle.close()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def append(self, features: np.ndarray) -> None:
+        """Add a batch (B, d)."""
+        x = np.ascontiguousarray(features, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features (B, {self.dim}), got {x.shape}")
+        self._file.write(x.tobytes())
+        self.n += x.shape[0]
+
+    def array(self) -> np.ndarray:
+        """All features so far as a read-only memmap (an empty array when there are none)."""
+        self._file.flush()
+        if self.n == 0:
+            return np.empty((0, self.dim), dtype=self.dtype)
+        return np.memmap(self._path, dtype=self.dtype, mode="r", shape=(self.n, self.dim))
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._finalizer()
+
+
+# --------------------------------------------------------------------------- headers and keys
+
+
+def refstats_key(
+    identity: dict[str, Any], resize: str, weights_sha256: str, feature_layer: str
+) -> str:
+    """sha256 of everything the reference statistics depend on."""
+    return sha256_json(
+        {
+            "reference": identity,
+            "resize": resize,
+            "weights_sha256": weights_sha256,
+            "feature_layer": feature_layer,
+            "format_version": FORMAT_VERSION,
+        }
+    )
+
+
+def refstats_dir(cache_dir: str | os.PathLike) -> Path:
+    """``<cache_dir>/refstats``."""
+    return Path(cache_dir).expanduser() / "refstats"
+
+
+def check_header(
+    header: dict[str, Any], path: Path, *, weights_sha256: str, resize: str, feature_layer: str
+) -> None:
+    """Refuse statistics made under another protocol (weights, resize or feature layer)."""
+    theirs = header.get("weights_sha256")
+    if theirs != weights_sha256:
+        raise ProtocolMismatchError(
+            f"reference statistics {path} were made with other weights (weights sha256 {theirs}, "
+            f"this run uses {weights_sha256}, {header.get('weights_source', 'source unknown')} there); "
+            "recompute them with these weights or pass the matching weights_path"
+        )
+    if header.get("resize") != resize:
+        raise ProtocolMismatchError(
+            f"reference statistics {path} were made with resize {header.get('resize')!r}, "
+            f"this run uses {resize!r}"
+        )
+    if str(header.get("feature_layer")) != str(feature_layer):
+        raise ProtocolMismatchError(
+            f"reference statistics {path} hold feature layer {header.get('feature_layer')!r}, "
+            f"this run uses {feature_layer!r}"
+        )
+
+
+def load_checked_stats(
+    path: str | os.PathLike, *, weights_sha256: str, resize: str, feature_layer: str
+) -> tuple[FeatureStats, dict[str, Any]]:
+    """Load a stats file and check it was made under this protocol."""
+    stats, header = FeatureStats.load(path)
+    check_header(
+        header,
+        Path(path),
+        weights_sha256=weights_sha256,
+        resize=resize,
+        feature_layer=feature_layer,
+    )
+    return stats, header
+
+
+# --------------------------------------------------------------------------- reference features
+
+
+def reference_set_or_raise(context: MetricContext, metric: str) -> ReferenceSet:
+    """The suite's reference set at the run's resolution, or :class:`UsageError` naming the suite."""
+    ref = context.suite.reference_set(context.resolution)
+    if ref is None:
+        raise UsageError(
+            f"{metric} needs reference images, but suite {context.suite.name!r} has none; "
+            "use a suite with a reference set (e.g. coco) or pass precomputed ref_stats"
+        )
+    return ref
+
+
+def iter_reference_images(
+    ref: ReferenceSet, batch_size: int, description: str
+) -> Iterator[torch.Tensor]:
+    """Reference batches as uint8 (B, 3, H, W) tensors, with a progress bar on stderr."""
+    from evalkit.progress import log, progress_bar
+
+    total = len(ref)
+    log(f"{description}: {total} reference images (one pass, then cached)")
+    with progress_bar(description, total) as advance:
+        for batch in ref.iter_batches(batch_size):
+            arr = np.asarray(batch)
+            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+                raise InputError(
+                    f"reference set gave a batch {arr.dtype} {arr.shape}, expected uint8 (B, H, W, 3)"
+                )
+            yield torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+            advance(arr.shape[0])
+
+
+def save_features(path: str | os.PathLike, features: np.ndarray, header: dict[str, Any]) -> Path:
+    """Write features as ``<path>`` (.npy) and their header as ``<path>.json``, atomically."""
+    path = Path(path)
+    atomic_write(path, lambda f: np.save(f, np.asarray(features), allow_pickle=False))
+    full = {"format": FEATURES_FORMAT, "format_version": FORMAT_VERSION, **header,
+            "num_images": int(features.shape[0]), "dim": int(features.shape[1])}  # fmt: skip
+    atomic_write_json(path.with_name(path.name + ".json"), full)
+    return path
+
+
+def load_checked_features(
+    path: str | os.PathLike, *, weights_sha256: str, resize: str, feature_layer: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Memory-map cached features after checking their header (corrupt → :class:`InputError`)."""
+    path = Path(path)
+    side = path.with_name(path.name + ".json")
+    try:
+        header = json.loads(side.read_text(encoding="utf-8"))
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"cached features {exc.filename}: file not found") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"cached features {path}: corrupt ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != FEATURES_FORMAT:
+        raise InputError(f"cached features {side}: not an {FEATURES_FORMAT} header")
+    if features.ndim != 2 or features.shape[0] != header.get("num_images"):
+        raise InputError(
+            f"cached features {path}: shape {features.shape} does not match its header"
+        )
+    check_header(
+        header, path, weights_sha256=weights_sha256, resize=resize, feature_layer=feature_layer
+    )
+    return features, header
+
+
+def weighted_moments(
+    features: np.ndarray, weights: np.ndarray, *, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of rows repeated ``weights`` times (a bootstrap resample).
+
+    Reads ``features`` (e.g. a memmap) in chunks, so memory stays O(d²).
+    """
+    n_rows, dim = features.shape
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_rows,) or np.any(w < 0):
+        raise ValueError(f"weights must be {n_rows} non-negative counts")
+    n = float(w.sum())
+    if n < 2:
+        raise ValueError("weighted moments need a total weight of at least 2")
+    shift = np.asarray(features[: min(n_rows, chunk)], dtype=np.float64).mean(axis=0)
+    s1 = np.zeros(dim, dtype=np.float64)
+    s2 = np.zeros((dim, dim), dtype=np.float64)
+    for start in range(0, n_rows, chunk):
+        wc = w[start : start + chunk]
+        if not wc.any():
+            continue
+        y = np.asarray(features[start : start + chunk], dtype=np.float64) - shift
+        s1 += wc @ y
+        s2 += y.T @ (y * wc[:, None])
+    cov = (s2 - np.outer(s1, s1) / n) / (n - 1)
+    return shift + s1 / n, 0.5 * (cov + cov.T)
