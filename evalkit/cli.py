@@ -228,9 +228,13 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, suites or metrics
 def _mount_subcommands() -> None:
     """Command groups that live beside their code (imports stay light: no Gradio, no torch)."""
     from evalkit.human.cli import rate_app
+    from evalkit.imagen.cli import train_app
 
     app.add_typer(
         rate_app, name="rate", help="Human pairwise rating studies (Gradio app, votes, reports)."
+    )
+    app.add_typer(
+        train_app, name="train", help="Train in-repo Imagen stages and write model cards for them."
     )
 
 

@@ -13,8 +13,14 @@ Model card example (``adapter = "imagen"``)::
     guidance = [5.0, 2.0]
     aug_level = 0.2          # super-resolution stages only
 
-Without weights, ``random = "tiny"`` builds randomly initialised stages, allowed only
-with ``context.allow_random_weights`` (the generator is then marked uncalibrated).
+With no card (neither the ``card`` option nor ``context.extra["card"]``), no ``checkpoints``
+and no ``random`` option, the bundled model card ``models/imagen-shapes.toml`` is used
+(:data:`DEFAULT_CARD`), so ``evalkit run --model imagen`` works offline out of the box; its
+``[sampling]``/``[options]`` are defaults that explicit options override.
+
+Without weights, ``random = "tiny"`` (or ``"shapes"``, the bundled model's configs) builds
+randomly initialised stages, allowed only with ``context.allow_random_weights`` (the
+generator is then marked uncalibrated).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import evalkit
+from evalkit.cards import PROJECT_MODELS_DIR
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.generators.base import (
     GenerationRequest,
@@ -36,6 +43,9 @@ from evalkit.generators.base import (
     float_to_uint8,
 )
 from evalkit.hashing import sha256_file, sha256_json
+
+#: the card ``--model imagen`` uses when given no card, checkpoints or random option
+DEFAULT_CARD = PROJECT_MODELS_DIR / "imagen-shapes.toml"
 
 SAMPLING_KEYS = (
     "steps",
@@ -123,7 +133,7 @@ def _load_stages(specs, device: str) -> tuple[list[Any], dict[str, str]]:
     return [stages[i] for i in order], hashes
 
 
-def _text_spec(value: Any) -> dict[str, Any]:
+def text_encoder_spec(value: Any) -> dict[str, Any]:
     """``"tiny"``, ``"minilm"``, ``"t5:<name>"`` or a spec dict → spec dict."""
     if isinstance(value, dict):
         return dict(value)
@@ -256,8 +266,32 @@ class ImagenGenerator(Generator):
         return out.clamp(-1.0, 1.0)
 
 
+def _with_default_card(options: dict[str, Any], context: GeneratorContext) -> dict[str, Any]:
+    """``options`` with the card to use: the given one, the registry's, or the bundled :data:`DEFAULT_CARD`."""
+    if options.get("card") is not None:
+        return options
+    card = context.extra.get("card")
+    if card is not None:
+        return {**options, "card": card}
+    if options.get("checkpoints") or options.get("random"):
+        return options
+    if not DEFAULT_CARD.is_file():
+        raise MissingWeightsError(
+            f"imagen: no card, checkpoints or random option given, and the bundled card {DEFAULT_CARD} "
+            "is missing; restore models/imagen-shapes.toml and models/imagen-shapes/ from the repository, "
+            "train one (scripts/train_bundled_imagen.sh), or pass --model-opt checkpoints=[...]"
+        )
+    from evalkit.cards import load_card
+
+    card = load_card(DEFAULT_CARD)
+    return {**card.options, **card.sampling, **options, "card": card}
+
+
 def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) -> Generator:
-    """Build the cascade from card weights / ``checkpoints`` (sha256-verified) or, if allowed, random weights."""
+    """Build the cascade from card weights / ``checkpoints`` (sha256-verified) or, if allowed, random weights.
+
+    With none of card, checkpoints and random, the bundled card :data:`DEFAULT_CARD` is used.
+    """
     from evalkit.imagen.cascade import Cascade
     from evalkit.imagen.text_encoders import build_text_encoder
 
@@ -265,6 +299,7 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
     unknown = sorted(set(options) - OPTION_KEYS)
     if unknown:
         raise UsageError(f"unknown imagen option(s) {unknown}; known: {sorted(OPTION_KEYS)}")
+    options = _with_default_card(options, context)
     card = options.get("card")
     device = context.device
     specs = _checkpoint_specs(options)
@@ -293,7 +328,7 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
                 "or allow random weights (--allow-random-weights) for plumbing tests only"
             )
         encoder = build_text_encoder(
-            _text_spec(options.get("text_encoder")), context.cache_dir, **text_load
+            text_encoder_spec(options.get("text_encoder")), context.cache_dir, **text_load
         )
         stages, ident = _random_stages(options, encoder, device)
         weights = {"random": ident}

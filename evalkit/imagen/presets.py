@@ -10,6 +10,7 @@ from evalkit.imagen.configs import EfficientUNetConfig, StageConfig, StageSampli
 
 TINY_TEXT = {"kind": "tiny", "dim": 32, "max_length": 16, "seed": 0, "vocab": 1024}
 T5_XXL = {"kind": "t5", "name": "google/t5-v1_1-xxl", "max_length": 128}
+MINILM_TEXT = {"kind": "minilm", "name": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64}
 
 
 def tiny_base(
@@ -58,6 +59,47 @@ def tiny_sr(
         low_res,
         sampling,
         f"sr{resolution}",
+    )
+
+
+def shapes_base_32(text_encoder: dict[str, Any] | None = None, text_dim: int = 384) -> StageConfig:
+    """The bundled model's base (models/imagen-shapes.toml): 1.2M-parameter U-Net, 32 px, MiniLM text.
+
+    v-prediction: with the cosine schedule's zero terminal SNR, an ε-model's x̂₀ at high noise is
+    its ε error magnified by σ/α, which dynamic thresholding rescales into visible noise that
+    few-step DDIM keeps; a v-model predicts x̂₀ ≈ −v̂ there directly.
+    """
+    model = UNetConfig(
+        resolution=32,
+        channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        cross_attn_resolutions=(16, 8),
+        head_dim=32,
+        text_dim=text_dim,
+        groups=8,
+    )
+    sampling = StageSampling(steps=25, guidance=4.0)
+    return StageConfig(
+        model, text_encoder or dict(MINILM_TEXT), "cosine", "v", None, sampling, "base"
+    )
+
+
+def shapes_sr_32_64(text_encoder: dict[str, Any] | None = None, text_dim: int = 384) -> StageConfig:
+    """The bundled model's 32→64 Efficient U-Net (channels 16/32/64, blocks 1/1/2), MiniLM text, v-prediction."""
+    model = EfficientUNetConfig(
+        resolution=64,
+        channels=(16, 32, 64),
+        blocks=(1, 1, 2),
+        cross_attn_resolutions=(16,),
+        head_dim=32,
+        text_dim=text_dim,
+        groups=8,
+    )
+    sampling = StageSampling(steps=10, guidance=1.0, aug_level=0.15)
+    return StageConfig(
+        model, text_encoder or dict(MINILM_TEXT), "cosine", "v", 32, sampling, "sr64"
     )
 
 
@@ -117,6 +159,8 @@ def paper_sr_256_1024() -> StageConfig:
 PRESETS: dict[str, Callable[[], StageConfig]] = {
     "tiny-base-32": tiny_base,
     "tiny-sr-32-64": tiny_sr,
+    "shapes-base-32": shapes_base_32,
+    "shapes-sr-32-64": shapes_sr_32_64,
     "paper-base-64": paper_base_64,
     "paper-sr-64-256": paper_sr_64_256,
     "paper-sr-256-1024": paper_sr_256_1024,
@@ -124,6 +168,7 @@ PRESETS: dict[str, Callable[[], StageConfig]] = {
 
 CASCADES: dict[str, tuple[str, ...]] = {
     "tiny": ("tiny-base-32", "tiny-sr-32-64"),
+    "shapes": ("shapes-base-32", "shapes-sr-32-64"),
     "paper": ("paper-base-64", "paper-sr-64-256", "paper-sr-256-1024"),
 }
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The recipe that produced the bundled model (models/imagen-shapes.toml, models/imagen-shapes/).
+#
+#   scripts/train_bundled_imagen.sh                 # CPU (the bundled checkpoints were made so)
+#   DEVICE=cuda scripts/train_bundled_imagen.sh     # GPU (bf16 autocast: same recipe, other bits)
+#
+# Variables: PYTHON (.venv/bin/python), OUT (run folders), DEVICE (cpu), THREADS (1: on a busy
+# 2-core machine one thread per process ran 6x faster than two), CARD (where to write the card;
+# default a scratch card under OUT, so the committed one is only replaced on purpose:
+# CARD=models/imagen-shapes.toml). Both stages resume from OUT if interrupted; rerun the script.
+# `python -m evalkit.imagen.cli` is `evalkit train`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-${TMPDIR:-/tmp}/imagen-shapes-train}
+DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-1}
+CARD=${CARD:-$OUT/models/imagen-shapes.toml}
+TRAIN=("$PYTHON" -m evalkit.imagen.cli imagen --data shapes --text-encoder minilm
+       --device "$DEVICE" --threads "$THREADS" --checkpoint-every 250 --ema-decay 0.999)
+
+# The two stages are independent (the SR stage learns from downsampled renders), so they can
+# run at the same time (each a process with THREADS threads), as they did for the bundled model.
+"${TRAIN[@]}" --stage base --preset shapes-base-32 --steps BASE_STEPS --batch-size 32 \
+  --lr 8e-4 --warmup 200 --out "$OUT/base" &
+base=$!
+"${TRAIN[@]}" --stage sr --preset shapes-sr-32-64 --steps SR_STEPS --batch-size 16 \
+  --lr 5e-4 --warmup 100 --aug-max 0.3 --out "$OUT/sr64" &
+sr=$!
+wait "$base"
+wait "$sr"
+
+"$PYTHON" -m evalkit.imagen.cli card --name imagen-shapes \
+  --base "$OUT/base/base.safetensors" --sr "$OUT/sr64/sr64.safetensors" --out "$CARD" \
+  --steps CARD_STEPS --guidance CARD_GUIDANCE --aug-level CARD_AUG \
+  --description "in-repo Imagen (32 px base + 32->64 SR, MiniLM) trained on shapes renders; the default of --model imagen"
