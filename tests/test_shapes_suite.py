@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -293,3 +294,26 @@ def test_make_shapes_suite_rejects_bad_options(options: dict, message: str) -> N
 def test_registry_builds_the_shapes_suite() -> None:
     suite = SUITES.get("shapes")({"num_items": 10, "resolution": 32})
     assert isinstance(suite, ShapesSuite) and len(suite.items()) == 10
+
+
+def test_committed_prompt_export_matches_the_suite_and_loads_as_a_jsonl_suite():
+    import importlib.util
+
+    from evalkit.suites.prompt_files import make_jsonl_suite
+    from evalkit.suites.shapes import SUITE_VERSION
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "export_shapes_prompts", root / "scripts" / "export_shapes_prompts.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = root / "prompts" / f"shapes-v{SUITE_VERSION}.jsonl"
+    assert committed.read_text(encoding="utf-8") == module.shapes_prompts_jsonl(), (
+        "prompts/ is out of date: run scripts/export_shapes_prompts.py"
+    )
+    loaded = make_jsonl_suite({"path": str(committed)}).items()
+    suite = make_shapes_suite({}).items()
+    assert [(i.id, i.prompt, i.category) for i in loaded] == [
+        (i.id, i.prompt, i.category) for i in suite
+    ]
