@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 
 PROMPT_OPTION = {"drawbench": "prompts", "csv": "path", "jsonl": "path"}
+#: suites whose size option --num-samples sets, rather than cutting their item list short
+SIZE_OPTION = {"coco": "num_samples", "shapes": "num_items"}
 
 
 def _split_csv(text: str | None) -> list[str]:
@@ -129,8 +131,9 @@ def run(
                 f"--prompts applies to the drawbench, csv and jsonl suites, not {suite!r}"
             )
         suite_options[key] = str(prompts.resolve())
-    if suite == "coco" and num_samples is not None:
-        suite_options["num_samples"] = num_samples
+    if suite in SIZE_OPTION and num_samples is not None:
+        # the suite draws the sample itself (COCO: seeded captions; shapes: every category)
+        suite_options.setdefault(SIZE_OPTION[suite], num_samples)
     spec = RunSpec(
         model=model,
         suite=suite,

@@ -113,3 +113,36 @@ def test_bad_option_values_exit_2(tmp_path, capsys):
         == 2
     )
     assert "unknown option" in capsys.readouterr().err
+
+
+def test_num_samples_on_shapes_keeps_every_category(tmp_path, capsys):
+    code = main(
+        [
+            "run",
+            "--model",
+            "toy",
+            "--suite",
+            "shapes",
+            "--num-samples",
+            "10",
+            "--resolution",
+            "16",
+            "--metrics",
+            "test-pixel-mean",
+            "--quiet",
+            "--no-report",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    run_dir = Path(capsys.readouterr().out.strip()).parent
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 10
+    assert {r["category"] for r in rows} == {
+        "single",
+        "colors",
+        "counting",
+        "positional",
+        "composition",
+    }
