@@ -21,6 +21,16 @@ MODELS.register(
     "evalkit.generators.imagen_adapter:make_imagen_generator",
     description="in-repo Imagen cascade (weights from a model card, or random with --allow-random-weights)",
 )
+MODELS.register(
+    "diffusers",
+    "evalkit.generators.diffusers_adapter:make_diffusers_generator",
+    description="any diffusers text-to-image pipeline by hub id or local path (SD, SDXL, PixArt, DeepFloyd IF)",
+)
+MODELS.register(
+    "rerank",
+    "evalkit.generators.rerank:make_rerank_generator",
+    description="DALL-E-style best-of-N by CLIP score around any registered model",
+)
 MODELS.add_source(card_entries)
 
 # Suites. Factories take (options: dict).
