@@ -316,15 +316,10 @@ def write_card(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``train_app`` on its own, evalkit errors printed as one line with their exit code."""
-    from evalkit.errors import EvalkitError
+    """``python -m evalkit.imagen.cli ARGS`` is ``evalkit train ARGS`` (same errors and exit codes)."""
+    from evalkit.cli import main as evalkit_main
 
-    try:
-        train_app(args=argv, standalone_mode=False)
-    except EvalkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return evalkit_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
