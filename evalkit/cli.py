@@ -117,6 +117,14 @@ def run(
             help="Plumbing only: random weights where none are found; results marked UNCALIBRATED."
         ),
     ] = False,
+    per_stage: Annotated[
+        bool,
+        typer.Option(
+            "--per-stage",
+            help="Cascades (imagen): also score every stage's output, resized to --resolution, "
+            "and time each stage (results.json 'stages').",
+        ),
+    ] = False,
     report: Annotated[bool, typer.Option(help="Write report.html and report.md.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -155,6 +163,7 @@ def run(
         allow_random_weights=allow_random_weights,
         show_progress=not quiet,
         write_report=report,
+        per_stage=per_stage,
     )
     swept = _parse_sweep(sweep)
     if swept is None:

@@ -70,6 +70,21 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def all_reduce_sum(values: list[float], info: DistInfo, device: str) -> list[float]:
+    """Element-wise sum of ``values`` over every rank (the same list for one process)."""
+    if not info.enabled:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return list(values)
+    where = device if device.startswith("cuda") else "cpu"  # NCCL reduces GPU tensors only
+    total = torch.tensor(values, dtype=torch.float64, device=where)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if not info.enabled:

@@ -5,6 +5,10 @@ stored in the cache under a key made of the model fingerprint, the request's
 pixel-determining fields and the resolution. A PNG is renamed into place only when
 complete, so a killed run resumes by generating exactly the images the cache lacks:
 nothing is lost, nothing duplicated, and nothing is generated twice across runs.
+
+With per-stage evaluation a cascade's intermediate stages are cached too, under the
+same key material plus ``{"stage": name}``; the final image keeps its ordinary key,
+so runs with and without per-stage evaluation share it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,21 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from evalkit.distributed import DistInfo
-from evalkit.generators.base import GenerationRequest, Generator, check_output
+from evalkit.errors import GenerationError, UsageError
+from evalkit.generators.base import (
+    GenerationRequest,
+    Generator,
+    StagedGenerator,
+    check_output,
+)
 from evalkit.hashing import sha256_json
 from evalkit.images import load_generated, save_png
 from evalkit.progress import progress_bar
@@ -62,14 +73,24 @@ def cache_key(fingerprint: dict[str, Any], identity: dict[str, Any], resolution:
 
 @dataclass(frozen=True)
 class PlannedImage:
-    """A request with its cache key."""
+    """A request with its cache key (and, for per-stage runs, its intermediate stages' keys)."""
 
     request: GenerationRequest
     key: str
+    #: cache keys of the cascade's intermediate stages' images, in cascade order (final excluded)
+    stage_keys: tuple[str, ...] = ()
 
     @property
     def file_name(self) -> str:
         return f"{self.request.item.id}_{self.request.sample_index:03d}.png"
+
+    def all_keys(self) -> tuple[str, ...]:
+        """Every key this image fills: intermediate stages, then the final image."""
+        return (*self.stage_keys, self.key)
+
+    def at_stage(self, index: int) -> PlannedImage:
+        """The same request keyed by intermediate stage ``index`` (for scoring that stage)."""
+        return PlannedImage(self.request, self.stage_keys[index])
 
 
 class ImageCache:
@@ -92,19 +113,60 @@ class ImageCache:
 
 
 def plan_images(
-    generator: Generator, requests: Sequence[GenerationRequest], resolution: int
+    generator: Generator,
+    requests: Sequence[GenerationRequest],
+    resolution: int,
+    stages: Sequence[str] = (),
 ) -> list[PlannedImage]:
-    """Attach cache keys to requests."""
+    """Attach cache keys to requests; ``stages`` names intermediate stages to key as well.
+
+    The final image's key never depends on ``stages``.
+    """
     fingerprint = generator.fingerprint()
-    return [
-        PlannedImage(r, cache_key(fingerprint, request_identity(generator, r), resolution))
-        for r in requests
-    ]
+    planned = []
+    for r in requests:
+        identity = request_identity(generator, r)
+        stage_keys = tuple(
+            cache_key(fingerprint, {**identity, "stage": name}, resolution) for name in stages
+        )
+        planned.append(PlannedImage(r, cache_key(fingerprint, identity, resolution), stage_keys))
+    return planned
+
+
+def cascade_stages(generator: Generator, model: str) -> list[tuple[str, int]]:
+    """(name, native resolution) of every stage of a cascade, final last.
+
+    UsageError naming ``model`` when the generator has no per-stage outputs.
+    """
+    if not isinstance(generator, StagedGenerator):
+        raise UsageError(
+            f"--per-stage: model {model!r} ({generator.name}) has no per-stage outputs "
+            "(no generate_stages); drop --per-stage or use a cascade such as imagen"
+        )
+    names, resolutions = list(generator.stage_names()), list(generator.stage_resolutions())
+    if not names or len(set(names)) != len(names) or len(resolutions) != len(names):
+        raise GenerationError(
+            f"model {model!r}: stage names must be unique, non-empty and match the stage "
+            f"resolutions, got {names} and {resolutions}"
+        )
+    return list(zip(names, (int(r) for r in resolutions), strict=True))
 
 
 def shard(planned: Sequence[PlannedImage], info: DistInfo) -> list[PlannedImage]:
     """This rank's share: every ``world_size``-th image starting at ``rank``."""
     return list(planned[info.rank :: info.world_size])
+
+
+@dataclass
+class GenerationStats:
+    """What :func:`generate_missing` did."""
+
+    generated: int
+    """Images generated (a staged image counts once, however many stages it filled)."""
+    cached: int
+    """Planned images found complete in the cache (or duplicates of another planned image)."""
+    stage_latency_s: list[float] = field(default_factory=list)
+    """Per-stage seconds summed over the generated images (staged generation only)."""
 
 
 def generate_missing(
@@ -115,26 +177,67 @@ def generate_missing(
     resolution: int,
     batch_size: int,
     show_progress: bool = True,
-) -> tuple[int, int]:
-    """Generate the planned images the cache lacks; returns (generated, already cached)."""
+    per_stage: bool = False,
+) -> GenerationStats:
+    """Generate the planned images the cache lacks.
+
+    With ``per_stage`` the images come from ``generator.generate_stages`` (every stage in one
+    cascade pass, each timed), filling ``stage_keys`` as well as ``key``; an image is
+    regenerated when any of its keys is missing.
+    """
     missing: list[PlannedImage] = []
     seen: set[str] = set()
     for p in planned:
-        if p.key in seen or cache.has(p.key):
+        if p.key in seen or all(cache.has(k) for k in p.all_keys()):
             continue
         seen.add(p.key)
         missing.append(p)
-    cached = len(planned) - len(missing)
+    stats = GenerationStats(generated=len(missing), cached=len(planned) - len(missing))
     with progress_bar(f"generating ({generator.name})", len(missing), show_progress) as advance:
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
-            images = generator.generate([p.request for p in batch])
-            images = check_output(images, len(batch), resolution, generator.name)
-            array = images.permute(0, 2, 3, 1).contiguous().numpy()
-            for p, image in zip(batch, array, strict=False):
-                cache.put(p.key, image)
+            requests = [p.request for p in batch]
+            if per_stage:
+                outputs = _staged_output(generator, requests, len(batch[0].all_keys()), resolution)
+                if not stats.stage_latency_s:
+                    stats.stage_latency_s = [0.0] * len(outputs)
+                for k, (images, seconds) in enumerate(outputs):
+                    stats.stage_latency_s[k] += seconds
+                    for p, image in zip(batch, images, strict=True):
+                        cache.put(p.all_keys()[k], image)
+            else:
+                images = check_output(
+                    generator.generate(requests), len(batch), resolution, generator.name
+                )
+                for p, image in zip(batch, _to_hwc(images), strict=True):
+                    cache.put(p.key, image)
             advance(len(batch))
-    return len(missing), cached
+    return stats
+
+
+def _to_hwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _staged_output(
+    generator: StagedGenerator,
+    requests: Sequence[GenerationRequest],
+    n_stages: int,
+    resolution: int,
+) -> list[tuple[np.ndarray, float]]:
+    """(HWC uint8 images, seconds) per stage from ``generate_stages``, validated."""
+    stages = generator.generate_stages(requests)
+    if len(stages) != n_stages:
+        raise GenerationError(
+            f"model {generator.name!r} returned {len(stages)} stages, expected {n_stages}"
+        )
+    out = []
+    for stage in stages:
+        images = check_output(
+            stage.images, len(requests), resolution, f"{generator.name} ({stage.name})"
+        )
+        out.append((_to_hwc(images), float(stage.latency_s)))
+    return out
 
 
 def link_into(run_images: Path, planned: Sequence[PlannedImage], cache: ImageCache) -> None:

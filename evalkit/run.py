@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from evalkit import __version__
 from evalkit.atomic import atomic_write_json, atomic_write_text
 from evalkit.distributed import (
     DistInfo,
+    all_reduce_sum,
     barrier,
     dist_info,
     init_process_group,
@@ -28,6 +30,7 @@ from evalkit.errors import UsageError
 from evalkit.generate import (
     ImageCache,
     PlannedImage,
+    cascade_stages,
     generate_missing,
     link_into,
     plan_images,
@@ -44,6 +47,7 @@ from evalkit.spec import RunSpec
 from evalkit.suites.base import Item, Suite
 
 SCHEMA_VERSION = 1
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9@._-]+")
 SEED_DERIVATION = "sha256('evalkit-seed-v1', run seed, item id, sample index)[:63 bits]"
 
 
@@ -59,6 +63,9 @@ class RunOptions:
     allow_random_weights: bool = False
     show_progress: bool = True
     write_report: bool = True
+    per_stage: bool = False
+    """Cascades: also score every intermediate stage's output and time each stage (adds
+    ``results["stages"]``; the main metrics and the run id stay the same)."""
 
 
 def build_suite(spec: RunSpec) -> Suite:
@@ -125,10 +132,15 @@ def compute_metrics(
     resolution: int,
     batch_size: int,
     show_progress: bool,
+    stage: str | None = None,
 ) -> tuple[dict[str, MetricResult], dict[str, float]]:
-    """Stream the run's images once through every metric; returns results and seconds per metric."""
+    """Stream the run's images once through every metric; returns results and seconds per metric.
+
+    ``stage`` only labels progress and log lines (scoring a cascade stage's images).
+    """
     seconds = dict.fromkeys(metrics, 0.0)
-    with progress_bar("scoring", len(planned), show_progress) as advance:
+    suffix = f" (stage {stage})" if stage else ""
+    with progress_bar(f"scoring{suffix}", len(planned), show_progress) as advance:
         for start in range(0, len(planned), batch_size):
             batch = planned[start : start + batch_size]
             arrays = [cache.load(p.key, resolution) for p in batch]
@@ -143,7 +155,7 @@ def compute_metrics(
     results: dict[str, MetricResult] = {}
     for name, metric in metrics.items():
         t0 = time.perf_counter()
-        log(f"computing {name} ...")
+        log(f"computing {name}{suffix} ...")
         results[name] = metric.compute()
         seconds[name] += time.perf_counter() - t0
     return results, seconds
@@ -162,8 +174,12 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
         suite = build_suite(spec)
         items = select_items(suite, spec)
         generator = build_generator(spec, suite, options, device)
+        stages = cascade_stages(generator, spec.model) if options.per_stage else []
         planned = plan_images(
-            generator, plan_requests(items, spec.images_per_prompt, spec.seed), spec.resolution
+            generator,
+            plan_requests(items, spec.images_per_prompt, spec.seed),
+            spec.resolution,
+            stages=[name for name, _ in stages[:-1]],
         )
         run_dir = Path(options.out_root) / spec.run_id()
         cache = ImageCache(cache_dir / "images")
@@ -173,15 +189,22 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
             )
 
         t_gen = time.perf_counter()
-        generated, cached = generate_missing(
+        gen_stats = generate_missing(
             generator,
             shard(planned, info),
             cache,
             resolution=spec.resolution,
             batch_size=options.batch_size,
             show_progress=options.show_progress and info.is_main,
+            per_stage=bool(stages),
         )
         generate_s = time.perf_counter() - t_gen
+        latency_per_image: list[float | None] = []
+        if stages:  # every rank's stage seconds and image count, for the per-image mean
+            own = gen_stats.stage_latency_s or [0.0] * len(stages)
+            total = all_reduce_sum([float(gen_stats.generated), *own], info, device)
+            n = total[0]
+            latency_per_image = [round(t / n, 6) if n else None for t in total[1:]]
         barrier(info)
         if not info.is_main:
             return None
@@ -191,6 +214,8 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
         )  # never leave a stale result beside new images
         atomic_write_json(run_dir / "spec.json", spec.to_dict())
         link_into(run_dir / "images", planned, cache)
+        for k, (name, _) in enumerate(stages[:-1]):
+            link_into(stage_images_dir(run_dir, name), [p.at_stage(k) for p in planned], cache)
         write_samples(run_dir, planned)
 
         metric_context = MetricContext(
@@ -203,18 +228,46 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
             allow_random_weights=options.allow_random_weights,
             num_images=len(planned),
         )
-        metrics = {
-            name: METRICS.get(name)(dict(spec.metric_options.get(name, {})), metric_context)
-            for name in spec.metrics
-        }
+
+        def fresh_metrics() -> dict[str, Metric]:
+            return {
+                name: METRICS.get(name)(dict(spec.metric_options.get(name, {})), metric_context)
+                for name in spec.metrics
+            }
+
         metric_results, metric_seconds = compute_metrics(
-            metrics,
+            fresh_metrics(),
             planned,
             cache,
             spec.resolution,
             options.metric_batch_size,
             options.show_progress,
         )
+        stage_entries = None
+        if stages:
+            stage_entries = []
+            for k, (name, native) in enumerate(stages[:-1]):
+                stage_results, stage_seconds = compute_metrics(
+                    fresh_metrics(),
+                    [p.at_stage(k) for p in planned],
+                    cache,
+                    spec.resolution,
+                    options.metric_batch_size,
+                    options.show_progress,
+                    stage=name,
+                )
+                folder = stage_images_dir(run_dir, name).relative_to(run_dir).as_posix()
+                stage_entries.append(
+                    stage_entry(
+                        name, native, latency_per_image[k], stage_results, stage_seconds, folder
+                    )
+                )
+            name, native = stages[-1]  # the final stage's images are the run's images
+            stage_entries.append(
+                stage_entry(
+                    name, native, latency_per_image[-1], metric_results, metric_seconds, "images"
+                )
+            )
         results = assemble_results(
             spec,
             suite,
@@ -226,11 +279,12 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | None:
                 "generate_s": round(generate_s, 3),
                 "metrics_s": {k: round(v, 3) for k, v in metric_seconds.items()},
                 "total_s": round(time.perf_counter() - t_start, 3),
-                "images_generated": generated,
-                "images_from_cache": cached,
+                "images_generated": gen_stats.generated,
+                "images_from_cache": gen_stats.cached,
             },
             device=device,
             world_size=info.world_size,
+            stages=stage_entries,
         )
         atomic_write_json(run_dir / "results.json", results)
         if options.write_report:
@@ -254,12 +308,15 @@ def assemble_results(
     timings: dict[str, Any],
     device: str,
     world_size: int,
+    stages: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The results.json document (schema: docs/results-schema.md)."""
-    uncalibrated = bool(generator.uncalibrated) or any(
-        r.uncalibrated for r in metric_results.values()
+    """The results.json document (schema: docs/results-schema.md); ``stages`` when per-stage."""
+    uncalibrated = (
+        bool(generator.uncalibrated)
+        or any(r.uncalibrated for r in metric_results.values())
+        or any(m.get("uncalibrated") for st in stages or [] for m in st["metrics"].values())
     )
-    return {
+    results = {
         "schema_version": SCHEMA_VERSION,
         "run_id": spec.run_id(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -287,4 +344,31 @@ def assemble_results(
         },
         "metrics": {name: r.to_dict() for name, r in metric_results.items()},
         "uncalibrated": uncalibrated,
+    }
+    if stages is not None:
+        results["stages"] = stages
+    return results
+
+
+def stage_images_dir(run_dir: Path, stage: str) -> Path:
+    """Where an intermediate stage's images are linked: ``images/stages/<stage>/``."""
+    return run_dir / "images" / "stages" / (_UNSAFE_NAME.sub("-", stage).strip(".-") or "stage")
+
+
+def stage_entry(
+    name: str,
+    native_resolution: int,
+    latency_s_per_image: float | None,
+    metric_results: dict[str, MetricResult],
+    metric_seconds: dict[str, float],
+    images: str,
+) -> dict[str, Any]:
+    """One ``results["stages"]`` entry (schema: docs/results-schema.md#stages)."""
+    return {
+        "name": name,
+        "native_resolution": native_resolution,
+        "latency_s_per_image": latency_s_per_image,
+        "metrics": {n: r.to_dict() for n, r in metric_results.items()},
+        "metrics_s": {n: round(v, 3) for n, v in metric_seconds.items()},
+        "images": images,
     }

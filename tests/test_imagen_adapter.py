@@ -125,3 +125,25 @@ def test_unknown_option_and_bad_per_stage_list_are_usage_errors(card_dir):
         _from_card(card_dir / "card.toml", stepz=3)
     with pytest.raises(UsageError, match="3 values for 2 stages"):
         _from_card(card_dir / "card.toml", guidance=[1.0, 2.0, 3.0])
+
+
+def test_generate_stages_names_resolutions_and_last_stage_equals_generate(card_dir):
+    gen = _from_card(card_dir / "card.toml", resolution=24)  # base 16 px up, sr 32 px down
+    reqs = _requests(["a red cube", "a cat AND a hat NOT fog:0.5"], seed0=7)
+    stages = gen.generate_stages(reqs)
+    assert gen.stage_names() == ["base@16", "sr32@32"] == [s.name for s in stages]
+    assert gen.stage_resolutions() == [16, 32] == [s.native_resolution for s in stages]
+    for s in stages:
+        check_output(s.images, 2, 24, "imagen")
+        assert s.latency_s > 0
+    assert torch.equal(stages[-1].images, gen.generate(reqs))
+    assert not torch.equal(stages[0].images, stages[1].images)
+
+
+def test_generate_stages_do_not_depend_on_batch_size(card_dir):
+    gen = _from_card(card_dir / "card.toml", resolution=24, batch_size=2)
+    reqs = _requests(["a red cube", "a blue sphere", "a green cone"], seed0=40)
+    together = gen.generate_stages(reqs)
+    alone = [gen.generate_stages([r]) for r in reqs]
+    for k, stage in enumerate(together):
+        assert torch.equal(stage.images, torch.cat([a[k].images for a in alone]))

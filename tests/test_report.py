@@ -350,3 +350,66 @@ def test_sample_image_symlink_leading_outside_run_dir_is_refused(tmp_path: Path)
     (run / "images" / "link.png").symlink_to(outside)
     with pytest.raises(InputError, match="outside the run folder"):
         build_report(run)
+
+
+def with_stages(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with a two-stage ``stages`` list as ``evalkit run --per-stage`` writes it."""
+    base = copy.deepcopy(results["metrics"]["fid"])
+    base.update(value=48.5, interval=[45.0, 51.25])
+    results["stages"] = [
+        {"name": "base@<i>32</i>", "native_resolution": 32, "latency_s_per_image": 0.125,
+         "metrics": {"fid": base}, "metrics_s": {"fid": 0.5}, "images": "images/stages/base@32"},
+        {"name": "sr64@64", "native_resolution": 64, "latency_s_per_image": None,
+         "metrics": copy.deepcopy(results["metrics"]), "images": "images"},
+    ]  # fmt: skip
+    return results
+
+
+def test_load_results_accepts_stages(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(with_stages(make_results())))
+    assert [s["name"] for s in load_results(path)["stages"]] == ["base@<i>32</i>", "sr64@64"]
+
+
+@pytest.mark.parametrize(
+    ("break_it", "message"),
+    [
+        (lambda r: r.update(stages={"base": {}}), r"stages: expected list, got object"),
+        (lambda r: r["stages"][0].pop("latency_s_per_image"), r"stages\[0\]\.latency_s_per_image: missing"),
+        (lambda r: r["stages"][1].update(native_resolution="64"), r"stages\[1\]\.native_resolution: expected integer"),
+        (lambda r: r["stages"][0]["metrics"]["fid"].update(interval=[1.0]), r"stages\[0\]\.metrics\.fid\.interval"),
+        (lambda r: r["stages"][0]["metrics"]["fid"].pop("value"), r"stages\[0\]\.metrics\.fid\.value: missing"),
+        (lambda r: r["stages"][1].update(name="base@<i>32</i>"), r"stages\[1\]\.name: duplicate"),
+    ],
+)  # fmt: skip
+def test_load_results_refuses_malformed_stages_naming_the_key(
+    tmp_path: Path, break_it: Any, message: str
+) -> None:
+    data = with_stages(make_results())
+    break_it(data)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        load_results(path)
+
+
+def test_reports_show_the_per_stage_table_escaped_and_only_for_per_stage_runs(
+    tmp_path: Path,
+) -> None:
+    run = write_run(tmp_path / "staged", with_stages(make_results()))
+    build_report(run)
+    md = (run / "report.md").read_text()
+    assert "### Per stage" in md
+    assert (
+        "| stage | resolution | latency (s/image) | fid ↓ | clip_score ↑ | shapes_accuracy ↑ |"
+        in md
+    )
+    assert "| base@&lt;i&gt;32&lt;/i&gt; | 32 px | 0.125 | 48.5 [45, 51.25] | — | — |" in md
+    assert "| sr64@64 | 64 px | — (cached) | 12.35 [11.5, 13.25] | 0.2734 [0.26, 0.285] |" in md
+    page = (run / "report.html").read_text()
+    assert "<h2>Per stage</h2>" in page and "<i>32</i>" not in page
+    assert "base@&lt;i&gt;32&lt;/i&gt;" in page and "48.5" in page and "[45, 51.25]" in page
+    plain = write_run(tmp_path / "plain")
+    build_report(plain)
+    assert "Per stage" not in (plain / "report.md").read_text()
+    assert "Per stage" not in (plain / "report.html").read_text()

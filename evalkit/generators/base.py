@@ -5,6 +5,9 @@
 from that image's own seed, never from a shared stream, so images do not depend on
 batch size or process count. ``fingerprint()`` identifies everything that changes
 the pixels (weights hashes, settings, code version): it keys the image cache.
+
+Cascades may also offer every stage's output (an optional capability, see
+:class:`StagedGenerator`): ``evalkit run --per-stage`` then scores each stage.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -68,6 +71,41 @@ class Generator(ABC):
     def settings(self) -> dict[str, Any]:
         """The sampling settings in force (recorded in the manifest)."""
         return {}
+
+
+@dataclass(frozen=True)
+class StageImages:
+    """One cascade stage's output for a batch of requests."""
+
+    name: str
+    """Stage label, unique within the cascade (e.g. ``"sr64@64"``)."""
+    native_resolution: int
+    """Side length the stage produces."""
+    images: torch.Tensor
+    """uint8 (N, 3, R, R) at the context resolution R (resized like the final output)."""
+    latency_s: float
+    """Wall-clock seconds the stage took for the whole batch."""
+
+
+@runtime_checkable
+class StagedGenerator(Protocol):
+    """Optional capability of cascades: every stage's output, not just the last.
+
+    ``generate_stages(requests)[-1].images`` must equal ``generate(requests)`` bit for bit,
+    and every stage's images must be independent of the batch, like ``generate``'s.
+    """
+
+    def stage_names(self) -> list[str]:
+        """Unique stage labels in cascade order (the last is the final output)."""
+        ...
+
+    def stage_resolutions(self) -> list[int]:
+        """Each stage's native side length, in the order of :meth:`stage_names`."""
+        ...
+
+    def generate_stages(self, requests: Sequence[GenerationRequest]) -> list[StageImages]:
+        """Every stage's images for ``requests``, in cascade order."""
+        ...
 
 
 def float_to_uint8(

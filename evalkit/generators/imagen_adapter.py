@@ -40,6 +40,7 @@ from evalkit.generators.base import (
     GenerationRequest,
     Generator,
     GeneratorContext,
+    StageImages,
     float_to_uint8,
 )
 from evalkit.hashing import sha256_file, sha256_json
@@ -255,6 +256,42 @@ class ImagenGenerator(Generator):
             r = self.context.resolution
             return torch.zeros(0, 3, r, r, dtype=torch.uint8)
         return torch.cat(chunks)
+
+    def stage_names(self) -> list[str]:
+        """``"<stage name>@<resolution>"`` per stage, base first (e.g. ``["base@32", "sr64@64"]``)."""
+        return [f"{st.config.name}@{st.config.resolution}" for st in self.cascade.stages]
+
+    def stage_resolutions(self) -> list[int]:
+        """Each stage's native side length, base first."""
+        return [st.config.resolution for st in self.cascade.stages]
+
+    def generate_stages(self, requests: Sequence[GenerationRequest]) -> list[StageImages]:
+        """Every stage's images at the context resolution, from one cascade pass per batch.
+
+        Each stage is resized like :meth:`generate`'s output, so the last entry equals
+        ``generate(requests)`` bit for bit; ``latency_s`` sums the stage's time over the batches.
+        """
+        names = self.stage_names()
+        chunks: list[list[torch.Tensor]] = [[] for _ in names]
+        latency = [0.0] * len(names)
+        for start in range(0, len(requests), self.batch_size):
+            out = self.sample(requests[start : start + self.batch_size], return_stages=True)
+            for k, images in enumerate(out.stages):
+                chunks[k].append(float_to_uint8(self._resize(images)))
+                latency[k] += out.latency_s[k]
+        r = self.context.resolution
+        empty = torch.zeros(0, 3, r, r, dtype=torch.uint8)
+        return [
+            StageImages(
+                name=name,
+                native_resolution=st.config.resolution,
+                images=torch.cat(parts) if parts else empty,
+                latency_s=seconds,
+            )
+            for name, st, parts, seconds in zip(
+                names, self.cascade.stages, chunks, latency, strict=True
+            )
+        ]
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         r = self.context.resolution

@@ -22,6 +22,7 @@ from evalkit.report.schema import (
     metric_n,
     metric_protocol_facts,
     safe_image_path,
+    stage_metric_names,
 )
 
 PROMPTS_PER_CATEGORY = 4
@@ -118,6 +119,50 @@ def _metric_table(results: dict[str, Any]) -> str:
         + "</table>\n"
         + f'<p class="sub">Images evaluated at {esc(sampling["resolution"])} px, stored as '
         f"{esc(sampling.get('image_format', '?'))}; ↓ lower is better, ↑ higher is better.</p>"
+    )
+
+
+def _per_stage(results: dict[str, Any]) -> str:
+    """Cascade stages as rows (``--per-stage`` runs): resolution, latency, every metric."""
+    stages = results.get("stages") or []
+    if not stages:
+        return ""
+    names = stage_metric_names(results)
+    arrows = {"lower": " ↓", "higher": " ↑"}
+    head = "".join(
+        f"<th>{esc(n)}"
+        f"{esc(arrows.get(metric_direction(n, results['metrics'].get(n)) or '', ''))}</th>"
+        for n in names
+    )
+    rows = []
+    for stage in stages:
+        latency = stage.get("latency_s_per_image")
+        cells = []
+        for n in names:
+            entry = stage["metrics"].get(n)
+            if entry is None:
+                cells.append("<td>—</td>")
+                continue
+            cells.append(
+                f'<td class="num"><span class="value">{esc(format_value(entry["value"]))}</span> '
+                f'<span class="sub">{esc(format_interval(entry.get("interval")))}</span></td>'
+            )
+        rows.append(
+            f"<tr><td>{esc(stage['name'])}</td>"
+            f'<td class="num">{esc(stage["native_resolution"])} px</td>'
+            f'<td class="num">'
+            f"{esc(format_value(latency) if latency is not None else '— (cached)')}</td>"
+            + "".join(cells)
+            + "</tr>"
+        )
+    resolution = results["manifest"]["sampling"]["resolution"]
+    return (
+        "<h2>Per stage</h2>\n<table><tr><th>stage</th><th>resolution</th>"
+        f"<th>latency (s/image)</th>{head}</tr>\n"
+        + "\n".join(rows)
+        + "</table>\n"
+        + f'<p class="sub">Each stage\'s output is resized to {esc(resolution)} px and scored like '
+        "the final images (value and 95% interval); the last row is the final output.</p>"
     )
 
 
@@ -297,6 +342,7 @@ def render_report_html(
     body = [
         _header(results),
         _metric_table(results),
+        _per_stage(results),
         _per_category(results, plots or {}),
         _grids(results, samples, run_dir, prompts_per_category, images_per_prompt),
         _timings(results),

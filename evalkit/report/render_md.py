@@ -13,6 +13,7 @@ from evalkit.report.schema import (
     metric_n,
     metric_protocol_facts,
     short_hash,
+    stage_metric_names,
 )
 
 _ARROWS = {"lower": " ↓", "higher": " ↑"}
@@ -68,6 +69,39 @@ def per_category_table_md(results: dict[str, Any]) -> list[str]:
             count = f" (n={r['n']})" if r.get("n") is not None else ""
             cells.append(f"{format_value(r['value'])} {format_interval(r.get('interval'))}{count}")
         lines.append(f"| {md_cell(cat)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_stage_table_md(results: dict[str, Any]) -> list[str]:
+    """Cascade stages as rows (``--per-stage`` runs): resolution, latency, every metric."""
+    stages = results.get("stages") or []
+    if not stages:
+        return []
+    names = stage_metric_names(results)
+    header = "".join(
+        f" {md_cell(n)}{_ARROWS.get(metric_direction(n, results['metrics'].get(n)) or '', '')} |"
+        for n in names
+    )
+    lines = [
+        "| stage | resolution | latency (s/image) |" + header,
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for stage in stages:
+        latency = stage.get("latency_s_per_image")
+        cells = []
+        for n in names:
+            entry = stage["metrics"].get(n)
+            cells.append(
+                "—"
+                if entry is None
+                else f"{format_value(entry['value'])} {format_interval(entry.get('interval'))}"
+            )
+        lines.append(
+            f"| {md_cell(stage['name'])} | {stage['native_resolution']} px "
+            f"| {format_value(latency) if latency is not None else '— (cached)'} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -138,6 +172,18 @@ def render_report_md(results: dict[str, Any]) -> str:
             "",
         ]
     out += ["### Metrics", "", *metric_table_md(results), ""]
+    stages = per_stage_table_md(results)
+    if stages:
+        res = m["sampling"]["resolution"]
+        out += [
+            "### Per stage",
+            "",
+            f"Each stage's output resized to {res} px and scored like the final images "
+            "(value [95% CI]); the last row is the final output.",
+            "",
+            *stages,
+            "",
+        ]
     cat = per_category_table_md(results)
     if cat:
         out += ["### Per category", "", *cat, ""]

@@ -227,12 +227,33 @@ class MetricEntry(_MetricEntryRequired, total=False):
     uncalibrated: bool
 
 
+# ------------------------------------------------------------------------- stages
+
+
+class _StageEntryRequired(TypedDict):
+    #: stage label, unique within the cascade, e.g. "sr64@64"
+    name: str
+    #: side length the stage produces (its images are resized to the run resolution to score)
+    native_resolution: int
+    #: mean measured seconds per generated image; None when every image came from the cache
+    latency_s_per_image: float | None
+    #: metric name -> result on this stage's images (the final stage: the run's metrics)
+    metrics: dict[str, MetricEntry]
+
+
+class StageEntry(_StageEntryRequired, total=False):
+    """``results["stages"][i]``: one cascade stage's metrics and latency (``--per-stage``)."""
+
+    #: metric name -> seconds in update + compute for this stage
+    metrics_s: dict[str, float]
+    #: run-relative folder holding the stage's scored images ("images" for the final stage)
+    images: str
+
+
 # ------------------------------------------------------------------------ results
 
 
-class Results(TypedDict):
-    """The whole of ``results.json``."""
-
+class _ResultsRequired(TypedDict):
     schema_version: int
     run_id: str
     #: ISO-8601 timestamp
@@ -243,6 +264,13 @@ class Results(TypedDict):
     metrics: dict[str, MetricEntry]
     #: True when any part (model or metric) used random weights
     uncalibrated: bool
+
+
+class Results(_ResultsRequired, total=False):
+    """The whole of ``results.json``."""
+
+    #: every cascade stage in order, final last (only from ``evalkit run --per-stage``)
+    stages: list[StageEntry]
 
 
 # ------------------------------------------------------------------------ samples
@@ -380,11 +408,21 @@ def validate_results(data: Any, file: str = "results.json") -> Results:
             f"{file}: schema_version: {data['schema_version']} is not supported "
             f"(this evalkit reads version {SCHEMA_VERSION})"
         )
-    for name, entry in data["metrics"].items():
+    _check_intervals(data["metrics"], "metrics", file)
+    names: set[str] = set()
+    for i, stage in enumerate(data.get("stages") or []):
+        if stage["name"] in names:
+            raise InputError(f"{file}: stages[{i}].name: duplicate stage {stage['name']!r}")
+        names.add(stage["name"])
+        _check_intervals(stage["metrics"], f"stages[{i}].metrics", file)
+    return data
+
+
+def _check_intervals(metrics: dict[str, Any], where: str, file: str) -> None:
+    for name, entry in metrics.items():
         interval = entry.get("interval")
         if interval is not None and len(interval) != 2:
-            raise InputError(f"{file}: metrics.{name}.interval: expected [lo, hi]")
-    return data
+            raise InputError(f"{file}: {where}.{name}.interval: expected [lo, hi]")
 
 
 def load_results(path: str | Path) -> Results:
@@ -572,6 +610,14 @@ def format_interval(interval: Any) -> str:
     if not interval:
         return "—"
     return f"[{format_value(interval[0])}, {format_value(interval[1])}]"
+
+
+def stage_metric_names(results: dict[str, Any]) -> list[str]:
+    """Metric names over every ``results["stages"]`` entry, in order of first appearance."""
+    names: dict[str, None] = {}
+    for stage in results.get("stages") or []:
+        names.update(dict.fromkeys(stage["metrics"]))
+    return list(names)
 
 
 def is_uncalibrated(results: dict[str, Any]) -> bool:
