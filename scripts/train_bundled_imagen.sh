@@ -22,10 +22,10 @@ TRAIN=("$PYTHON" -m evalkit.imagen.cli imagen --data shapes --text-encoder minil
 
 # The two stages are independent (the SR stage learns from downsampled renders), so they can
 # run at the same time (each a process with THREADS threads), as they did for the bundled model.
-"${TRAIN[@]}" --stage base --preset shapes-base-32 --steps BASE_STEPS --batch-size 32 \
+"${TRAIN[@]}" --stage base --preset shapes-base-32 --steps 6000 --batch-size 32 \
   --lr 8e-4 --warmup 200 --out "$OUT/base" &
 base=$!
-"${TRAIN[@]}" --stage sr --preset shapes-sr-32-64 --steps SR_STEPS --batch-size 16 \
+"${TRAIN[@]}" --stage sr --preset shapes-sr-32-64 --steps 3000 --batch-size 16 \
   --lr 5e-4 --warmup 100 --aug-max 0.3 --out "$OUT/sr64" &
 sr=$!
 wait "$base"
