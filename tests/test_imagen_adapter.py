@@ -105,6 +105,13 @@ def test_options_override_sampling_and_resize_is_recorded(card_dir):
     assert gen.fingerprint() != _from_card(card_dir / "card.toml").fingerprint()
 
 
+def test_per_stage_values_from_the_command_line_split_on_commas(card_dir):
+    gen = _from_card(card_dir / "card.toml", steps="3,2", guidance="4.5,1")
+    stages = gen.settings()["stages"]
+    assert [x["steps"] for x in stages] == [3, 2]
+    assert [x["guidance"] for x in stages] == [4.5, 1]
+
+
 def test_missing_checkpoint_file_names_the_path_and_the_fix(card_dir):
     (card_dir / "w" / "sr32.safetensors").unlink()
     with pytest.raises(MissingWeightsError, match=r"sr32\.safetensors.*evalkit train imagen"):

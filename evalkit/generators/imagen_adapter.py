@@ -75,7 +75,11 @@ OPTION_KEYS = {
 
 
 def _per_stage(value: Any, n: int, key: str) -> list[Any]:
-    """A scalar for every stage, or a list with one value per stage."""
+    """A scalar for every stage, or one value per stage (a list, or ``"4,1"`` from the command line)."""
+    if isinstance(value, str) and "," in value:
+        from evalkit.spec import parse_value
+
+        value = [parse_value(v) for v in value.split(",")]
     if isinstance(value, (list, tuple)):
         if len(value) != n:
             raise UsageError(f"imagen option {key!r} has {len(value)} values for {n} stages")
