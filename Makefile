@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   – create .venv, install evalkit, run the main job offline (reference model on the shapes suite)
+#   make demo   – create .venv, install evalkit, run the main job offline (the bundled Imagen on the shapes suite)
 #   make test   – create .venv, install evalkit with test extras, run the tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +19,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/evalkit run --model reference --suite shapes
+	$(BIN)/evalkit run --model imagen --suite shapes
 
 test: install
 	$(BIN)/python -m pytest -q

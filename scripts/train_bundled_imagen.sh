@@ -33,5 +33,5 @@ wait "$sr"
 
 "$PYTHON" -m evalkit.imagen.cli card --name imagen-shapes \
   --base "$OUT/base/base.safetensors" --sr "$OUT/sr64/sr64.safetensors" --out "$CARD" \
-  --steps CARD_STEPS --guidance CARD_GUIDANCE --aug-level CARD_AUG \
+  --steps 25,10 --guidance 2,1 --aug-level 0.15 \
   --description "in-repo Imagen (32 px base + 32->64 SR, MiniLM) trained on shapes renders; the default of --model imagen"

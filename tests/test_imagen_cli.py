@@ -142,14 +142,6 @@ def test_build_data_rejects_an_unknown_source(tmp_path):
         build_data(str(tmp_path / "missing"), 32)
 
 
-def test_plain_imagen_model_defaults_to_the_bundled_card():
-    if not imagen_adapter.DEFAULT_CARD.is_file():
-        pytest.skip("bundled card not present")
-    gen = imagen_adapter.make_imagen_generator({"steps": 1}, GeneratorContext(resolution=64))
-    assert gen.name == "imagen-shapes" and not gen.uncalibrated
-    assert set(gen.weights) == {"base", "sr64"}
-
-
 def test_missing_bundled_card_is_a_missing_weights_error(monkeypatch, tmp_path):
     monkeypatch.setattr(imagen_adapter, "DEFAULT_CARD", tmp_path / "nope.toml")
     with pytest.raises(MissingWeightsError, match="bundled card"):

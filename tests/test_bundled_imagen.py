@@ -1,0 +1,48 @@
+"""The bundled model (models/imagen-shapes.toml): it loads by default and really draws shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from evalkit.generate import plan_requests
+from evalkit.generators import imagen_adapter
+from evalkit.generators.base import GeneratorContext
+from evalkit.metrics.shapes_accuracy import judge_image
+from evalkit.suites.shapes import make_shapes_suite
+
+#: fewer steps than the card's 25+10, to keep the test fast; still well above the bar
+FAST = {"steps": "12,6"}
+
+
+@pytest.fixture(scope="module")
+def single_object_requests():
+    items = [i for i in make_shapes_suite({"num_items": 60}).items() if i.category == "single"]
+    return plan_requests(items, images_per_prompt=1, run_seed=0)
+
+
+def _accuracy(generator, requests) -> float:
+    images = generator.generate(requests).permute(0, 2, 3, 1).numpy()
+    verdicts = [judge_image(im, r.item.spec) for im, r in zip(images, requests, strict=True)]
+    return sum(v.correct for v in verdicts) / len(verdicts)
+
+
+def test_plain_imagen_model_defaults_to_the_bundled_card():
+    gen = imagen_adapter.make_imagen_generator({"steps": 1}, GeneratorContext(resolution=64))
+    assert gen.name == "imagen-shapes" and not gen.uncalibrated
+    assert set(gen.weights) == {"base", "sr64"}
+
+
+def test_bundled_model_draws_single_shapes_that_the_parser_recognises(single_object_requests):
+    gen = imagen_adapter.make_imagen_generator(dict(FAST), GeneratorContext(resolution=64))
+    assert _accuracy(gen, single_object_requests) >= 0.6
+
+
+def test_random_init_cascade_of_the_same_size_draws_no_recognisable_shape(
+    single_object_requests,
+):
+    context = GeneratorContext(resolution=64, allow_random_weights=True)
+    gen = imagen_adapter.make_imagen_generator(
+        {"random": "shapes", "text_encoder": "minilm", **FAST}, context
+    )
+    assert gen.uncalibrated
+    assert _accuracy(gen, single_object_requests) <= 0.1
