@@ -23,3 +23,12 @@ def derive_seed(run_seed: int, item_id: str, sample_index: int) -> int:
 def numpy_rng(seed: int) -> np.random.Generator:
     """A NumPy generator for a derived seed (PCG64, stable across NumPy versions)."""
     return np.random.Generator(np.random.PCG64(seed))
+
+
+def legacy_numpy_seed(seed: int) -> int:
+    """``seed`` folded into numpy's legacy ``RandomState`` range [0, 2**32).
+
+    Derived seeds have 63 bits; torch-fidelity's KID and IS samplers (which evalkit
+    reproduces) use ``RandomState``, which refuses seeds of 2**32 and above.
+    """
+    return int(seed) % 2**32

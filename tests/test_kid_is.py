@@ -144,3 +144,22 @@ def test_inception_score_needs_as_many_images_as_splits(tmp_path, monkeypatch):
         metric.compute()
     with pytest.raises(UsageError, match="splits"):
         make_inception_score({"splits": 0}, ctx)
+
+
+def test_kid_and_inception_score_accept_the_runners_63_bit_derived_seeds():
+    from evalkit.seeding import derive_seed, legacy_numpy_seed
+
+    seed = derive_seed(0, "metrics", 0)  # what evalkit run gives the metrics
+    assert seed >= 2**32
+    rng = np.random.default_rng(1)
+    a, b = rng.random((40, 8)), rng.random((40, 8))
+    folded = legacy_numpy_seed(seed)
+    assert np.array_equal(
+        kid_from_features(a, b, subsets=3, subset_size=10, seed=seed),
+        kid_from_features(a, b, subsets=3, subset_size=10, seed=folded),
+    )
+    logits = rng.normal(size=(20, 5))
+    assert np.array_equal(
+        inception_score_from_logits(logits, splits=2, seed=seed),
+        inception_score_from_logits(logits, splits=2, seed=folded),
+    )

@@ -26,6 +26,7 @@ from evalkit.metrics.inception import (
 )
 from evalkit.metrics.refstats import FeatureSpill
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.seeding import legacy_numpy_seed
 from evalkit.suites.base import Item
 
 NUM_CLASSES = 1008
@@ -52,7 +53,7 @@ def inception_score_from_logits(
         raise ValueError(
             f"Inception Score needs at least {splits} images for {splits} splits, got {n}"
         )
-    order = np.random.RandomState(seed).permutation(n)
+    order = np.random.RandomState(legacy_numpy_seed(seed)).permutation(n)
     scores = np.empty(splits, dtype=np.float64)
     for i in range(splits):
         rows = np.sort(order[i * n // splits : (i + 1) * n // splits])  # the mean ignores row order
@@ -122,7 +123,7 @@ class InceptionScore(Metric):
             "feature_layer": f"{LOGITS} (1008 classes, no classifier bias)",
             "num_generated": int(logits.shape[0]),
             "splits": self.splits,
-            "shuffle": f"numpy RandomState({self.context.seed}).permutation",
+            "shuffle": f"numpy RandomState({legacy_numpy_seed(self.context.seed)}).permutation",
             **{f"{k}_version": v for k, v in library_versions().items()},
         }
         return MetricResult(

@@ -34,6 +34,7 @@ from evalkit.metrics.refstats import (
     save_features,
 )
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.seeding import legacy_numpy_seed
 from evalkit.suites.base import Item
 
 FEATURE_DIM = 2048
@@ -88,7 +89,9 @@ def kid_from_features(
     if subset_size < 2 or subset_size > min(n1, n2):
         raise ValueError(f"subset_size {subset_size} must be in [2, min(N)={min(n1, n2)}]")
     g = 1.0 / d if gamma is None else float(gamma)
-    rng = np.random.RandomState(seed)  # torch-fidelity's sampler: same subsets for the same seed
+    rng = np.random.RandomState(
+        legacy_numpy_seed(seed)
+    )  # torch-fidelity's sampler: same subsets for the same seed
     out = np.empty(subsets, dtype=np.float64)
     for i in range(subsets):
         # Rows are read in sorted order (fast on a memmap); MMD² does not depend on row order.
@@ -229,7 +232,7 @@ class KernelInceptionDistance(Metric):
             "subsets": p["subsets"],
             "subset_size": size,
             "subset_size_requested": p["subset_size"],
-            "sampler": f"numpy RandomState({self.context.seed}).choice without replacement",
+            "sampler": f"numpy RandomState({legacy_numpy_seed(self.context.seed)}).choice without replacement",
             "notes": notes,
             **{f"{k}_version": v for k, v in library_versions().items()},
         }
