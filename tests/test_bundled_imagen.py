@@ -1,14 +1,21 @@
 """The bundled model (models/imagen-shapes.toml): it loads by default and really draws shapes."""
 
+# ruff: noqa: F811  (pytest fixtures imported from tests.fixtures_fid are used as arguments)
+
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
+from evalkit.cli import main
 from evalkit.generate import plan_requests
 from evalkit.generators import imagen_adapter
 from evalkit.generators.base import GeneratorContext
 from evalkit.metrics.shapes_accuracy import judge_image
 from evalkit.suites.shapes import make_shapes_suite
+from tests.fixtures_fid import shared_weights, weights_cache  # noqa: F401 (fixtures by name)
 
 #: fewer steps than the card's 25+10, to keep the test fast; still well above the bar
 FAST = {"steps": "12,6"}
@@ -46,3 +53,15 @@ def test_random_init_cascade_of_the_same_size_draws_no_recognisable_shape(
     )
     assert gen.uncalibrated
     assert _accuracy(gen, single_object_requests) <= 0.1
+
+
+def test_main_job_runs_end_to_end_with_the_default_metrics(weights_cache, tmp_path, capsys):
+    """The README's main command (model and metrics by default), scaled down."""
+    args = ["run", "--model", "imagen", "--suite", "shapes", "--num-samples", "10"]
+    args += ["--model-opt", "steps=2,2", "--cache-dir", str(weights_cache)]
+    args += ["--out", str(tmp_path / "reports"), "--quiet"]
+    assert main(args) == 0
+    results = json.loads(Path(capsys.readouterr().out.strip()).read_text())
+    assert set(results["metrics"]) == {"fid", "kid", "shapes_accuracy"}
+    assert not results["uncalibrated"]
+    assert (tmp_path / "reports" / results["run_id"] / "report.html").is_file()
