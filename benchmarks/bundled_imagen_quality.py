@@ -32,8 +32,11 @@ def run(model: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any
     cmd += ["--metrics", "fid,kid,shapes_accuracy", "--out", str(args.out), "--quiet"]
     cmd += ["--batch-size", str(args.batch_size), "--no-report", *extra]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(Path(out.strip().splitlines()[-1]).read_text(encoding="utf-8"))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"evalkit run failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    path = Path(done.stdout.strip().splitlines()[-1])
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _fmt(metric: dict[str, Any] | None, pct: bool = False) -> str:
