@@ -39,6 +39,23 @@ def run(model: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def card_sampling_options(model: str) -> list[str]:
+    """``--model-opt`` flags with the card's sampling settings, so random init samples alike."""
+    from evalkit.cards import load_card
+    from evalkit.generators.imagen_adapter import DEFAULT_CARD
+    from evalkit.registry import MODELS
+
+    source = str(MODELS.entry(model).source)
+    card_path = DEFAULT_CARD if model == "imagen" else Path(source)
+    if card_path.suffix != ".toml":
+        return []
+    flags = []
+    for key, value in load_card(card_path).sampling.items():
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        flags += ["--model-opt", f"{key}={text}"]
+    return flags
+
+
 def _fmt(metric: dict[str, Any] | None, pct: bool = False) -> str:
     if metric is None or metric.get("value") is None:
         return "-"
@@ -83,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = {
         args.model: summarize(run(args.model, args, [])),
         "random init (same presets)": summarize(
-            run("imagen", args, ["--model-opt", "random=shapes", "--allow-random-weights"])
+            run(
+                "imagen",
+                args,
+                [
+                    "--model-opt",
+                    "random=shapes",
+                    "--model-opt",
+                    "text_encoder=minilm",
+                    "--allow-random-weights",
+                    *card_sampling_options(args.model),
+                ],
+            )
         ),
         "reference renders": summarize(run("reference", args, [])),
     }
