@@ -264,6 +264,20 @@ def test_clean_resize_path_runs_the_same_network_as_torch_fidelity_at_299(shared
     assert torch.allclose(ours, reference, rtol=0, atol=1e-5)
 
 
+def test_tf1_extractor_features_equal_torch_fidelity_forward_to_float_rounding(shared_weights):
+    images = torch.from_numpy(smooth_images(2, size=64, seed=5).transpose(0, 3, 1, 2).copy())
+    extractor = InceptionExtractor(shared_weights, layers=("2048", "logits_unbiased"))
+    ours = extractor(images)
+    net = build_inception_network(shared_weights, ["2048", "logits_unbiased"])
+    with torch.inference_mode():
+        pool3, logits = net(images)
+    # the resize is bit-exact (test_tf1_resize.py); channels-last convolutions round differently
+    assert extractor.describe()["memory_format"] == "channels_last"
+    np.testing.assert_allclose(ours["2048"], pool3.double().numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ours["logits_unbiased"], logits.double().numpy(), rtol=0, atol=1e-4)
+    assert not np.array_equal(ours["2048"], np.zeros_like(ours["2048"]))
+
+
 def test_clean_resize_mode_is_recorded_and_differs_from_tf1(shared_weights):
     images = torch.from_numpy(smooth_images(2, size=64, seed=6).transpose(0, 3, 1, 2).copy())
     tf1 = InceptionExtractor(shared_weights, resize="tf1")

@@ -123,6 +123,13 @@ def train_imagen(
         float, typer.Option(help="Peak AdamW learning rate (after linear warm-up).")
     ] = 5e-4,
     warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 200,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(help="After warm-up: constant, or cosine decay to --min-lr-ratio at --steps."),
+    ] = "constant",
+    min_lr_ratio: Annotated[
+        float, typer.Option(help="Cosine schedule: final learning rate as a share of --lr.")
+    ] = 0.1,
     ema_decay: Annotated[float, typer.Option(help="EMA decay of the exported weights.")] = 0.999,
     text_dropout: Annotated[
         float, typer.Option(help="Share of captions replaced by ∅ (classifier-free guidance).")
@@ -174,6 +181,8 @@ def train_imagen(
         batch_size=batch_size,
         lr=lr,
         warmup_steps=warmup,
+        lr_schedule=lr_schedule,
+        min_lr_ratio=min_lr_ratio,
         ema_decay=ema_decay,
         text_dropout=text_dropout,
         grad_clip=grad_clip,

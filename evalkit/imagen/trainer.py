@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -34,6 +35,8 @@ from evalkit.imagen.schedules import get_schedule
 from evalkit.imagen.text_encoders import TextEmbedding, TextEncoder, build_text_encoder
 from evalkit.imagen.unet import build_model
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 class TrainingError(EvalkitError):
     """Training diverged or cannot continue."""
@@ -48,6 +51,8 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -69,6 +74,26 @@ class TrainConfig:
             raise UsageError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         if not 0.0 <= self.aug_max <= 1.0:
             raise UsageError(f"aug_max must be in [0, 1], got {self.aug_max}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UsageError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def lr_factor(self, step: int) -> float:
+        """Learning rate at ``step`` as a share of ``lr``: linear warm-up, then constant or cosine.
+
+        The cosine decays from 1 after warm-up to ``min_lr_ratio`` at ``steps``; a resumed run
+        with a larger ``steps`` continues on the longer curve.
+        """
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.lr_schedule == "constant" or step < self.warmup_steps:
+            return warm
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = _to_dict(dataclasses.replace(self, stage=None))  # type: ignore[arg-type]
@@ -322,9 +347,7 @@ def train_stage(
     opt = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: config.lr_factor(s))
     step, resumed = 0, None
     folder = latest_checkpoint(out_dir) if resume else None
     if folder is not None:
