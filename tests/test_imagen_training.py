@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.errors import InputError
+from evalkit.errors import InputError, UsageError
 from evalkit.imagen.checkpoint import load_stage
 from evalkit.imagen.data import ImageFolder, JsonlManifest, to_model_image
 from evalkit.imagen.testing import micro_base, micro_sr
@@ -115,6 +115,35 @@ def test_resume_from_latest_checkpoint_matches_uninterrupted_run(tmp_path):
         load_stage(second.checkpoint).model.state_dict(),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_lr_schedule_warms_up_then_decays_to_the_floor_and_constant_stays_flat():
+    cosine = TrainConfig(
+        stage=micro_base(), steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1
+    )
+    factors = [cosine.lr_factor(s) for s in range(111)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[60] == pytest.approx(0.55)
+    assert factors[110] == pytest.approx(0.1) and cosine.lr_factor(500) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    constant = TrainConfig(stage=micro_base(), steps=110, warmup_steps=10)
+    assert [constant.lr_factor(s) for s in (9, 10, 60, 110)] == [1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(UsageError, match="lr_schedule"):
+        TrainConfig(stage=micro_base(), lr_schedule="step")
+    with pytest.raises(UsageError, match="min_lr_ratio"):
+        TrainConfig(stage=micro_base(), lr_schedule="cosine", min_lr_ratio=1.5)
+
+
+def test_cosine_schedule_drives_the_optimizer_learning_rate(tmp_path):
+    cfg = TrainConfig(
+        stage=micro_base(), steps=4, batch_size=2, lr=1e-3, warmup_steps=1,
+        lr_schedule="cosine", min_lr_ratio=0.0, checkpoint_every=4, log_every=100,
+    )  # fmt: skip
+    train_stage(cfg, squares(4, seed=2), tmp_path, text_encoder=TinyRandomEncoder(), progress=False)
+    state = torch.load(
+        latest_checkpoint(tmp_path) / "state.pt", map_location="cpu", weights_only=True
+    )
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_super_resolution_stage_trains_on_downsampled_pairs(tmp_path):
