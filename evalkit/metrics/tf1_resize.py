@@ -4,7 +4,7 @@ torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x`` gathers the four 
 every output pixel at full output size and blends them (x first, then y). Interpolating along x
 once per *input* row and then blending the rows along y performs the very same float32
 operations on every output value, in the same order, so the result is equal bit for bit, while
-the x pass runs at the input height instead of twice at the output height: about 3x faster on a
+the x pass runs at the input height instead of twice at the output height: about 2.4x faster on a
 CPU for 256 → 299 (``tests/test_tf1_resize.py`` checks equality; ``benchmarks/bench_fid_features.py``
 measures the speed).
 """
