@@ -50,7 +50,7 @@ wait "$sr"
 
 "$PYTHON" -m evalkit.imagen.cli card --name imagen-shapes \
   --base "$OUT/base/base.safetensors" --sr "$OUT/sr64/sr64.safetensors" --out "$CARD" \
-  --steps 25,10 --guidance 2,1 --aug-level 0.05 \
+  --steps 25,25 --guidance 2,1 --aug-level 0.05 \
   --description "in-repo Imagen (32 px base + 32->64 SR, MiniLM) trained on shapes renders; the default of --model imagen"
 # Static thresholding: dynamic thresholding divides the whole image by s > 1 whenever a few
 # pixels overshoot, which turns the white background grey (FID-100 208 -> 157 with static).

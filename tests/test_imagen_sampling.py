@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.errors import GenerationError
+from evalkit.errors import GenerationError, UsageError
 from evalkit.imagen.cascade import Cascade, _Denoiser
 from evalkit.imagen.configs import StageSampling
 from evalkit.imagen.guidance import cfg, plan_rows
@@ -138,3 +138,22 @@ def test_nan_injected_mid_sampling_raises_generation_error_naming_stage_and_step
             cascade.sample(["a red cube"], [3])
     finally:
         handle.remove()
+
+
+def test_sample_stage_from_the_previous_stages_output_reproduces_the_cascade(cascade):
+    prompts, seeds = ["a red circle", "two blue squares"], [3, 4]
+    out = cascade.sample(prompts, seeds, return_stages=True)
+    base = cascade.sample_stage(0, prompts, seeds)
+    assert torch.equal(base, out.stages[0])
+    assert torch.equal(cascade.sample_stage(1, prompts, seeds, lowres=out.stages[0]), out.images)
+
+
+def test_sample_stage_checks_the_lowres_input(cascade):
+    with pytest.raises(UsageError, match="needs lowres images shaped"):
+        cascade.sample_stage(1, ["a"], [0])
+    with pytest.raises(UsageError, match="needs lowres images shaped"):
+        cascade.sample_stage(1, ["a"], [0], lowres=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(UsageError, match="takes no lowres"):
+        cascade.sample_stage(0, ["a"], [0], lowres=torch.zeros(1, 3, 16, 16))
+    with pytest.raises(UsageError, match="does not exist"):
+        cascade.sample_stage(2, ["a"], [0])

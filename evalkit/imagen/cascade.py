@@ -226,6 +226,43 @@ class Cascade:
         out.images = prev.clamp(-1, 1).cpu()
         return out
 
+    @torch.no_grad()
+    def sample_stage(
+        self,
+        k: int,
+        prompts: Sequence[str | Sequence[Concept]],
+        seeds: Sequence[int],
+        lowres: torch.Tensor | None = None,
+        sampling: StageSampling | None = None,
+        composable: bool = True,
+    ) -> torch.Tensor:
+        """Stage ``k`` alone: a base stage from noise, an SR stage from given ``lowres`` images.
+
+        ``lowres`` is (B, C, r, r) in [−1, 1] with r the stage's ``low_res``; feeding
+        downsampled real images isolates a super-resolution stage's own quality. Noise is drawn
+        as in :meth:`sample`, so with the previous stage's output this equals that stage of it.
+        """
+        if not 0 <= k < len(self.stages):
+            raise UsageError(f"stage {k} does not exist; the cascade has {len(self.stages)}")
+        stage = self.stages[k]
+        cfg = stage.config
+        if len(prompts) != len(seeds):
+            raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if cfg.is_sr:
+            want = (len(seeds), cfg.model.out_channels, cfg.low_res, cfg.low_res)
+            if lowres is None or tuple(lowres.shape) != want:
+                got = None if lowres is None else tuple(lowres.shape)
+                raise UsageError(f"stage {cfg.name!r} needs lowres images shaped {want}, got {got}")
+            lowres = lowres.to(self.device, torch.float32)
+        elif lowres is not None:
+            raise UsageError(f"stage {cfg.name!r} is a base stage; it takes no lowres images")
+        groups = [as_concepts(p, composable) for p in prompts]
+        table, index = self._text_table(groups)
+        s = sampling or cfg.sampling
+        return (
+            self._sample_stage(k, stage, s, groups, table, index, seeds, lowres).clamp(-1, 1).cpu()
+        )
+
     def _sample_stage(self, k, stage, s, groups, table, index, seeds, prev):
         cfg = stage.config
         label = f"stage {k} ({cfg.name}, {cfg.resolution}px)"
