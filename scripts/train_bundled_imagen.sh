@@ -22,8 +22,15 @@ TRAIN=("$PYTHON" -m evalkit.imagen.cli imagen --data shapes --text-encoder minil
 
 # The two stages are independent (the SR stage learns from downsampled renders), so they can
 # run at the same time (each a process with THREADS threads), as they did for the bundled model.
-"${TRAIN[@]}" --stage base --preset shapes-base-32 --steps 6000 --batch-size 32 \
-  --lr 8e-4 --warmup 200 --out "$OUT/base" &
+# Base: 6,000 steps at a constant lr, then continued to 9,000 with a cosine decay (FID-500 37.3 ->
+# 35.2, shapes accuracy 40.8% -> 47.2% with the final SR stage).
+train_base() {
+  BASE=("${TRAIN[@]}" --stage base --preset shapes-base-32 --batch-size 32 --lr 8e-4 --warmup 200
+        --out "$OUT/base")
+  "${BASE[@]}" --steps 6000
+  "${BASE[@]}" --steps 9000 --lr-schedule cosine --min-lr-ratio 0.1
+}
+train_base &
 base=$!
 # The SR stage was trained in three calls, kept here as they ran so the recipe is exact:
 # 3,000 steps at a constant lr, then continued with a cosine decay (first planned to end at
