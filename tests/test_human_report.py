@@ -17,7 +17,7 @@ from evalkit.human.study import load_study
 
 
 def cast(svc: RatingService, token: str, decide, limit: int | None = None) -> int:
-    """Answer tasks until none is left; ``decide(task, question) -> 'a' | 'b' | 'tie' | 'clean' | 'left'``."""
+    """Answer tasks until none is left; ``decide(task, question) -> 'a' | 'b' | 'tie' | 'clean' | 'degraded' | 'left'``."""
     store, study = svc.store, svc.study
     n = 0
     while (limit is None or n < limit) and (v := svc.next_task(token)) is not None:
@@ -67,7 +67,9 @@ def test_low_gold_accuracy_raters_are_excluded_and_recorded(tmp_path):
     for tok in good:
         cast(svc, tok, lambda a, q: "clean" if a.is_gold else "a")
     lazy = add_rater(study, store, "lazy")
-    cast(svc, lazy, lambda a, q: "left")
+    # clicks the left set on every pair and misses the gold checks (decided here: sides are
+    # drawn by SystemRandom, so an always-left rater would pass both golds one time in four)
+    cast(svc, lazy, lambda a, q: "degraded" if a.is_gold else "left")
     full = compute_report(study, store, n_resamples=200)
     lazy_row = next(r for r in full["rater_quality"]["per_rater"] if r["name"] == "lazy")
     assert lazy_row["position_bias"]["left_win_rate"] == 1.0
