@@ -45,8 +45,7 @@ def card_sampling_options(model: str) -> list[str]:
     from evalkit.generators.imagen_adapter import DEFAULT_CARD
     from evalkit.registry import MODELS
 
-    source = str(MODELS.entry(model).source)
-    card_path = DEFAULT_CARD if model == "imagen" else Path(source)
+    card_path = DEFAULT_CARD if model == "imagen" else Path(str(MODELS.entry(model).source))
     if card_path.suffix != ".toml":
         return []
     flags = []

@@ -189,6 +189,15 @@ class Cascade:
         )
         return table, {t: i + 1 for i, t in enumerate(texts)}
 
+    def _prompts(
+        self, prompts: Sequence[str | Sequence[Concept]], seeds: Sequence[int], composable: bool
+    ) -> tuple[list[list[Concept]], TextEmbedding, dict[str, int]]:
+        """Concept groups per prompt and the encoded text table (∅ first), after checking counts."""
+        if len(prompts) != len(seeds):
+            raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        groups = [as_concepts(p, composable) for p in prompts]
+        return (groups, *self._text_table(groups))
+
     @torch.no_grad()
     def sample(
         self,
@@ -200,13 +209,10 @@ class Cascade:
         progress: bool = False,
     ) -> CascadeOutput:
         """Images for ``prompts`` with per-image ``seeds``; ``sampling`` overrides each stage's defaults."""
-        if len(prompts) != len(seeds):
-            raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         sampling = list(sampling) if sampling is not None else self.default_sampling()
         if len(sampling) != len(self.stages):
             raise UsageError(f"{len(sampling)} sampling settings for {len(self.stages)} stages")
-        groups = [as_concepts(p, composable) for p in prompts]
-        table, index = self._text_table(groups)
+        groups, table, index = self._prompts(prompts, seeds, composable)
         out = CascadeOutput(images=torch.empty(0))
         prev = None
         for k, (stage, s) in enumerate(zip(self.stages, sampling, strict=True)):
@@ -246,8 +252,7 @@ class Cascade:
             raise UsageError(f"stage {k} does not exist; the cascade has {len(self.stages)}")
         stage = self.stages[k]
         cfg = stage.config
-        if len(prompts) != len(seeds):
-            raise UsageError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        groups, table, index = self._prompts(prompts, seeds, composable)
         if cfg.is_sr:
             want = (len(seeds), cfg.model.out_channels, cfg.low_res, cfg.low_res)
             if lowres is None or tuple(lowres.shape) != want:
@@ -256,8 +261,6 @@ class Cascade:
             lowres = lowres.to(self.device, torch.float32)
         elif lowres is not None:
             raise UsageError(f"stage {cfg.name!r} is a base stage; it takes no lowres images")
-        groups = [as_concepts(p, composable) for p in prompts]
-        table, index = self._text_table(groups)
         s = sampling or cfg.sampling
         return (
             self._sample_stage(k, stage, s, groups, table, index, seeds, lowres).clamp(-1, 1).cpu()

@@ -89,9 +89,8 @@ def kid_from_features(
     if subset_size < 2 or subset_size > min(n1, n2):
         raise ValueError(f"subset_size {subset_size} must be in [2, min(N)={min(n1, n2)}]")
     g = 1.0 / d if gamma is None else float(gamma)
-    rng = np.random.RandomState(
-        legacy_numpy_seed(seed)
-    )  # torch-fidelity's sampler: same subsets for the same seed
+    # torch-fidelity's sampler: same subsets for the same seed
+    rng = np.random.RandomState(legacy_numpy_seed(seed))
     out = np.empty(subsets, dtype=np.float64)
     for i in range(subsets):
         # Rows are read in sorted order (fast on a memmap); MMD² does not depend on row order.
