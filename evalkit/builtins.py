@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evalkit.cards import card_entries
+from evalkit.cards import card_entries, card_entry_for_path
 from evalkit.registry import METRICS, MODELS, SUITES
 
 # Models (generators). Factories take (options: dict, context: GeneratorContext).
@@ -32,6 +32,7 @@ MODELS.register(
     description="DALL-E-style best-of-N by CLIP score around any registered model",
 )
 MODELS.add_source(card_entries)
+MODELS.add_resolver(card_entry_for_path)
 
 # Suites. Factories take (options: dict).
 SUITES.register(

@@ -16,7 +16,10 @@ id, each with a sha256) and default sampling settings::
     steps = 50
 
 Cards are found in the folders of ``$EVALKIT_MODEL_PATH`` (``os.pathsep``-separated),
-then ``./models`` and the project's own ``models/`` folder.
+then ``./models`` of the working directory, then the cards shipped inside the package
+(:data:`BUNDLED_CARDS_DIR`: the bundled Imagen and the diffusers baselines, so a plain
+``pip install`` has them). A path ending in ``.toml`` names one card file directly
+(``evalkit run --model path/to/card.toml``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROJECT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+#: the model cards shipped inside the package (and the bundled Imagen's weights beside them)
+BUNDLED_CARDS_DIR = Path(__file__).resolve().parent / "model_cards"
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class ModelCard:
 def card_dirs() -> list[Path]:
     """Folders searched for model cards, in priority order."""
     dirs = [Path(p) for p in os.environ.get("EVALKIT_MODEL_PATH", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "models", PROJECT_MODELS_DIR]
+    dirs += [Path.cwd() / "models", BUNDLED_CARDS_DIR]
     seen: list[Path] = []
     for d in dirs:
         resolved = d.resolve()
@@ -153,3 +157,21 @@ def card_entries() -> list[Any]:
 
 def _broken_card(exc: InputError, *args: Any, **kwargs: Any) -> Any:
     raise exc
+
+
+def card_entry_for_path(name: str) -> Any:
+    """The registry entry of a card given by its path (``--model path/to/card.toml``), else None.
+
+    UsageError when ``name`` ends in ``.toml`` but no such file exists; InputError (naming the
+    file and field) when it is not a valid card.
+    """
+    from evalkit.errors import UsageError
+    from evalkit.registry import Entry
+
+    if not name.endswith(".toml"):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UsageError(f"--model {name}: no such model card file")
+    card = load_card(path)
+    return Entry(name, partial(_card_factory, card), card.description, str(path.resolve()))

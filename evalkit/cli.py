@@ -2,20 +2,21 @@
 
 Exit codes: 0 success, 1 unexpected failure, 2 usage error, 3 bad input data,
 4 missing weights or data (the message names the fetch command), 5 protocol
-mismatch, 6 invalid generator output.
+mismatch, 6 invalid generator output, 130 interrupted (see :mod:`evalkit.console`).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from evalkit.errors import EvalkitError, UsageError
+from evalkit.console import run_console
+from evalkit.errors import UsageError
 from evalkit.hashing import sha256_json
+from evalkit.report.schema import load_results
 from evalkit.spec import (
     RunSpec,
     default_metrics,
@@ -84,9 +85,11 @@ def run(
         int | None, typer.Option(help="Side length scored (COCO default 256, shapes 64).")
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Generation batch size (does not change results).")
+        int, typer.Option(min=1, help="Generation batch size (does not change results).")
     ] = 16,
-    metric_batch_size: Annotated[int, typer.Option(help="Feature-extraction batch size.")] = 64,
+    metric_batch_size: Annotated[
+        int, typer.Option(min=1, help="Images read per scoring step (does not change results).")
+    ] = 64,
     device: Annotated[
         str, typer.Option(help="cpu, cuda (one GPU per torchrun rank) or cuda:N.")
     ] = "cpu",
@@ -126,6 +129,14 @@ def run(
         ),
     ] = False,
     report: Annotated[bool, typer.Option(help="Write report.html and report.md.")] = True,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check everything (metric names and options, weights, device, folders, reference "
+            "statistics, computed and cached if missing) and print the plan; generate nothing.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate images for a suite with a model, score them, and write results and a report."""
@@ -164,28 +175,48 @@ def run(
         show_progress=not quiet,
         write_report=report,
         per_stage=per_stage,
+        dry_run=dry_run,
     )
     swept = _parse_sweep(sweep)
-    if swept is None:
-        run_dir = execute(spec, options)
-        if run_dir is not None:
-            typer.echo(str(run_dir / "results.json"))
+    points = [spec]
+    if swept is not None:
+        param, values = swept
+        points = [
+            RunSpec.from_dict(
+                {**spec.to_dict(), "model_options": {**spec.model_options, param: value}}
+            )
+            for value in values
+        ]
+    if dry_run:
+        from evalkit.report.render_text import render_plan
+
+        for point in points:
+            plan = execute(point, options)
+            if plan is not None:
+                typer.echo(render_plan(plan))
         return
-    param, values = swept
     run_dirs = []
-    for value in values:
-        point = RunSpec.from_dict(
-            {**spec.to_dict(), "model_options": {**spec.model_options, param: value}}
-        )
-        run_dirs.append(execute(point, options))
-    if run_dirs[0] is None:
-        return  # not rank 0
+    for point in points:
+        run_dir = execute(point, options)
+        if run_dir is not None:  # rank 0 prints each run's metric table as it ends
+            _print_results(run_dir / "results.json")
+        run_dirs.append(run_dir)
+    if swept is None or run_dirs[0] is None:
+        return
     from evalkit.report.sweep import render_sweep
 
-    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+    results = [load_results(d / "results.json") for d in run_dirs]
     sweep_dir = out / f"sweep-{spec.run_id()}-{param}-{sha256_json(values)[:8]}"
     render_sweep(results, param, values, sweep_dir)
-    typer.echo(str(sweep_dir))
+    typer.echo(f"sweep: {sweep_dir}")
+
+
+def _print_results(path: Path) -> None:
+    """The metric table of a finished run on stdout, then the path of its results (last line)."""
+    from evalkit.report.render_text import metric_table_text
+
+    typer.echo(metric_table_text(load_results(path)))
+    typer.echo(str(path))
 
 
 @app.command("report")
@@ -209,7 +240,6 @@ def compare(
 ) -> None:
     """Compare two results; refuses results measured under different protocols unless --force."""
     from evalkit.report.compare import compare_results, render_comparison_md
-    from evalkit.report.schema import load_results
 
     def _load(p: Path) -> dict[str, Any]:
         return load_results(p / "results.json" if p.is_dir() else p)
@@ -256,6 +286,58 @@ fetch_app = typer.Typer(
     help="Download weights and data (online), verified by checksum, into the cache."
 )
 app.add_typer(fetch_app, name="fetch")
+
+
+cache_app = typer.Typer(help="Check and clean the image cache ($EVALKIT_CACHE/images).")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("verify")
+def cache_verify_cmd(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default $EVALKIT_CACHE).")
+    ] = None,
+    move: Annotated[
+        bool, typer.Option(help="Move untrusted images to the cache's quarantine/ folder.")
+    ] = True,
+) -> None:
+    """Check every cached image against the sha256 recorded when it was written (exit 3 if any fail)."""
+    from evalkit.errors import InputError
+    from evalkit.image_cache import ImageCache, verify_cache
+
+    cache = ImageCache(_cache(cache_dir) / "images")
+    checked, problems = verify_cache(cache, quarantine=move)
+    for problem in problems:
+        typer.echo(f"untrusted: {problem.describe()}")
+    typer.echo(f"{checked} cached images checked, {len(problems)} untrusted")
+    if problems:
+        fix = (
+            "they were moved aside and runs will regenerate them"
+            if move
+            else "rerun without --no-move to move them aside"
+        )
+        raise InputError(f"{len(problems)} cached image(s) failed verification; {fix}")
+
+
+@cache_app.command("prune")
+def cache_prune_cmd(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default $EVALKIT_CACHE).")
+    ] = None,
+    older_than: Annotated[
+        float | None,
+        typer.Option(min=0, help="Also remove images no run has used for this many days."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List only; delete nothing.")] = False,
+) -> None:
+    """Remove quarantined images, interrupted writes, images without a checksum (and old ones)."""
+    from evalkit.image_cache import ImageCache, prune_cache
+
+    report = prune_cache(
+        ImageCache(_cache(cache_dir) / "images"), older_than_days=older_than, dry_run=dry_run
+    )
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(report.files)} file(s), {report.bytes / 2**20:.1f} MiB")
 
 
 def _cache(cache_dir: Path | None) -> Path:
@@ -310,32 +392,15 @@ def fetch_drawbench_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None
     typer.echo(str(fetch_drawbench(_cache(cache_dir))))
 
 
+RESUME_HINT = (
+    "interrupted: finished images are cached; rerun the same command to resume "
+    "(only the missing images are generated)"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: evalkit errors print one line and exit with their code."""
-    try:
-        app(args=argv, standalone_mode=False)
-    except EvalkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(
-            "interrupted: finished images are cached; rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except typer.Exit as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except typer.TyperException as exc:  # usage errors found by the parser
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2) or 2)
-    return 0
+    """Console-script entry point: errors print one line and map to the documented exit codes."""
+    return run_console(app, argv, interrupt_hint=RESUME_HINT)
 
 
 if __name__ == "__main__":

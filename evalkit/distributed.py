@@ -100,3 +100,32 @@ def rank_device(device: str, info: DistInfo) -> str:
     if device == "cuda":
         return f"cuda:{info.local_rank}"
     return device
+
+
+def check_device(device: str) -> None:
+    """UsageError unless ``device`` names a torch device that this machine has (cpu, cuda[:N], mps)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(
+            f"--device {device!r} is not a device name torch knows; use cpu, cuda or cuda:N"
+        ) from exc
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--device {device}: no CUDA GPU is visible to torch on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)")
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {device}: MPS is not available on this machine")
+        return
+    raise UsageError(f"--device {device}: evalkit runs on cpu, cuda or mps, not {parsed.type}")

@@ -32,8 +32,8 @@ from evalkit.generators.base import (
     check_output,
 )
 from evalkit.hashing import sha256_json
-from evalkit.images import load_generated, save_png
-from evalkit.progress import progress_bar
+from evalkit.image_cache import CacheProblem, ImageCache
+from evalkit.progress import log, progress_bar
 from evalkit.seeding import derive_seed
 from evalkit.suites.base import Item
 
@@ -93,25 +93,6 @@ class PlannedImage:
         return PlannedImage(self.request, self.stage_keys[index])
 
 
-class ImageCache:
-    """PNG files addressed by key under ``root/<key[:2]>/<key>.png``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.png"
-
-    def has(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def put(self, key: str, image_hwc: np.ndarray) -> Path:
-        return save_png(self.path(key), image_hwc)
-
-    def load(self, key: str, size: int | None = None) -> np.ndarray:
-        return load_generated(self.path(key), size)
-
-
 def plan_images(
     generator: Generator,
     requests: Sequence[GenerationRequest],
@@ -164,7 +145,9 @@ class GenerationStats:
     generated: int
     """Images generated (a staged image counts once, however many stages it filled)."""
     cached: int
-    """Planned images found complete in the cache (or duplicates of another planned image)."""
+    """Planned images found complete and verified in the cache (or duplicates of another planned image)."""
+    untrusted: list[CacheProblem] = field(default_factory=list)
+    """Cached images that failed verification: moved to the cache's quarantine and regenerated."""
     stage_latency_s: list[float] = field(default_factory=list)
     """Per-stage seconds summed over the generated images (staged generation only)."""
 
@@ -185,14 +168,10 @@ def generate_missing(
     cascade pass, each timed), filling ``stage_keys`` as well as ``key``; an image is
     regenerated when any of its keys is missing.
     """
-    missing: list[PlannedImage] = []
-    seen: set[str] = set()
-    for p in planned:
-        if p.key in seen or all(cache.has(k) for k in p.all_keys()):
-            continue
-        seen.add(p.key)
-        missing.append(p)
-    stats = GenerationStats(generated=len(missing), cached=len(planned) - len(missing))
+    missing, untrusted = find_missing(planned, cache)
+    stats = GenerationStats(
+        generated=len(missing), cached=len(planned) - len(missing), untrusted=untrusted
+    )
     with progress_bar(f"generating ({generator.name})", len(missing), show_progress) as advance:
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
@@ -213,6 +192,43 @@ def generate_missing(
                     cache.put(p.key, image)
             advance(len(batch))
     return stats
+
+
+def find_missing(
+    planned: Sequence[PlannedImage], cache: ImageCache, *, quarantine: bool = True
+) -> tuple[list[PlannedImage], list[CacheProblem]]:
+    """The planned images to generate, and the cached files that failed verification.
+
+    Every cached file is checked against the sha256 recorded when it was written; one that
+    fails is moved to the cache's quarantine (with a warning on stderr) and its image is
+    generated again, so a replaced, truncated or unreadable file is never trusted.
+    ``quarantine=False`` (dry runs) only counts: nothing is moved or logged.
+    """
+    missing: list[PlannedImage] = []
+    untrusted: list[CacheProblem] = []
+    seen: set[str] = set()
+    for p in planned:
+        if p.key in seen:
+            continue
+        seen.add(p.key)
+        complete = True
+        for key in p.all_keys():
+            problem = cache.verify(key, quarantine=quarantine)
+            if problem is not None:
+                untrusted.append(problem)
+            if problem is not None or not cache.has(key):
+                complete = False
+        if not complete:
+            missing.append(p)
+    if not quarantine:
+        return missing, untrusted
+    for problem in untrusted[:5]:
+        log(f"warning: untrusted cached image {problem.describe()}; regenerating it")
+    if len(untrusted) > 5:
+        log(
+            f"warning: {len(untrusted) - 5} more untrusted cached images moved aside and regenerated"
+        )
+    return missing, untrusted
 
 
 def _to_hwc(images: torch.Tensor) -> np.ndarray:
@@ -246,6 +262,7 @@ def link_into(run_images: Path, planned: Sequence[PlannedImage], cache: ImageCac
     for p in planned:
         target = run_images / p.file_name
         source = cache.path(p.key)
+        cache.touch(p.key)
         if target.exists():
             if os.path.samefile(target, source):
                 continue

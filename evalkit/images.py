@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,9 +34,10 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write_bytes(path, encode_png(array))
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, source: str | os.PathLike | IO[bytes] | None = None) -> Image.Image:
+    """Decode ``source`` (default: the file ``path``); errors name ``path``."""
     try:
-        img = Image.open(path)
+        img = Image.open(path if source is None else source)
         img.load()
     except FileNotFoundError as exc:
         raise InputError(f"image {path}: file not found") from exc
@@ -46,8 +48,15 @@ def _open(path: Path) -> Image.Image:
 
 def load_generated(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     """Read a stored generated image: must be 8-bit RGB (and ``size``×``size`` if given)."""
+    return decode_generated(None, path, size)
+
+
+def decode_generated(
+    source: IO[bytes] | None, path: str | os.PathLike, size: int | None = None
+) -> np.ndarray:
+    """Decode a generated image from ``source`` (or the file ``path``); errors name ``path``."""
     path = Path(path)
-    img = _open(path)
+    img = _open(path, source)
     if img.mode != "RGB":
         raise InputError(f"image {path}: mode {img.mode!r}, expected 8-bit RGB")
     if size is not None and img.size != (size, size):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -21,11 +21,13 @@ stderr_console = Console(stderr=True, highlight=False)
 
 def log(message: str) -> None:
     """A status line on stderr."""
-    stderr_console.print(message, markup=False)
+    stderr_console.print(message, markup=False, soft_wrap=True, highlight=False)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[callable]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True
+) -> Iterator[Callable[..., None]]:
     """Yield ``advance(n)``; draws a bar with count, elapsed time and ETA on stderr."""
     if not enabled or total <= 0:
         yield lambda n=1: None

@@ -62,6 +62,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}
         self._plugins_loaded = False
         self._extra_sources: list[Callable[[], list[Entry]]] = []
+        self._resolvers: list[Callable[[str], Entry | None]] = []
 
     def register(
         self, name: str, target: Any = None, *, description: str = "", source: str = "built-in"
@@ -90,6 +91,10 @@ class Registry:
     def add_source(self, source: Callable[[], list[Entry]]) -> None:
         """Add a function that yields extra entries on demand (e.g. model cards on disk)."""
         self._extra_sources.append(source)
+
+    def add_resolver(self, resolver: Callable[[str], Entry | None]) -> None:
+        """Add a function that turns a name no listing holds into an entry (e.g. a card's path)."""
+        self._resolvers.append(resolver)
 
     def _load_plugins(self) -> None:
         if self._plugins_loaded:
@@ -120,6 +125,10 @@ class Registry:
         entries = self.entries()
         if name in entries:
             return entries[name]
+        for resolver in self._resolvers:
+            resolved = resolver(name)
+            if resolved is not None:
+                return resolved
         close = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UsageError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import time
@@ -20,17 +21,18 @@ from evalkit.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
+    check_device,
     dist_info,
     init_process_group,
     rank_device,
     shutdown,
 )
 from evalkit.environment import environment
-from evalkit.errors import UsageError
+from evalkit.errors import EvalkitError, UsageError
 from evalkit.generate import (
-    ImageCache,
     PlannedImage,
     cascade_stages,
+    find_missing,
     generate_missing,
     link_into,
     plan_images,
@@ -38,10 +40,12 @@ from evalkit.generate import (
     shard,
 )
 from evalkit.generators.base import Generator, GeneratorContext
+from evalkit.image_cache import ImageCache
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
-from evalkit.paths import cache_root
+from evalkit.paths import cache_root, cache_what, usable_dir
 from evalkit.progress import log, progress_bar
 from evalkit.registry import METRICS, MODELS, SUITES
+from evalkit.report.build import remove_outputs, write_outputs
 from evalkit.seeding import derive_seed
 from evalkit.spec import RunSpec
 from evalkit.suites.base import Item, Suite
@@ -66,6 +70,36 @@ class RunOptions:
     per_stage: bool = False
     """Cascades: also score every intermediate stage's output and time each stage (adds
     ``results["stages"]``; the main metrics and the run id stay the same)."""
+    dry_run: bool = False
+    """Check everything a run needs and return its :class:`RunPlan`; generate and write nothing."""
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--metric-batch-size", self.metric_batch_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, established (and checked) before any image is generated."""
+
+    spec: RunSpec
+    run_dir: Path
+    suite: Suite
+    items: list[Item]
+    generator: Generator
+    planned: list[PlannedImage]
+    stages: list[tuple[str, int]]
+    metric_context: MetricContext
+    #: the metrics, built and prepared (weights loaded, reference statistics ready); rank 0 only
+    metrics: dict[str, Metric]
+    device: str
+    world_size: int
+    #: planned images already in the cache and verified (counted in dry runs only)
+    cached: int | None = None
 
 
 def build_suite(spec: RunSpec) -> Suite:
@@ -103,8 +137,36 @@ def build_generator(spec: RunSpec, suite: Suite, options: RunOptions, device: st
     return MODELS.get(spec.model)(dict(spec.model_options), context)
 
 
-def samples_records(planned: Sequence[PlannedImage]) -> list[dict[str, Any]]:
-    """One samples.jsonl record per image."""
+def check_metric_names(spec: RunSpec) -> None:
+    """Every metric is registered, there is at least one, and every ``--metric-opt`` names one of them."""
+    if not spec.metrics:
+        raise UsageError(
+            "no metrics to compute (--metrics is empty); name at least one, e.g. --metrics fid "
+            "(see `evalkit list metrics`)"
+        )
+    for name in spec.metrics:
+        METRICS.entry(name)  # unknown names raise UsageError with the nearest names
+    for name, opts in spec.metric_options.items():
+        if name not in spec.metrics:
+            close = difflib.get_close_matches(name, list(spec.metrics), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            keys = ", ".join(f"{name}.{k}" for k in opts)
+            raise UsageError(
+                f"--metric-opt {keys}: {name!r} is not one of this run's metrics "
+                f"({', '.join(spec.metrics)}), so the option would do nothing.{hint}"
+            )
+
+
+def build_metrics(spec: RunSpec, context: MetricContext) -> dict[str, Metric]:
+    """The spec's metrics, built from their options (weights resolved and loaded)."""
+    return {
+        name: METRICS.get(name)(dict(spec.metric_options.get(name, {})), context)
+        for name in spec.metrics
+    }
+
+
+def samples_records(planned: Sequence[PlannedImage], cache: ImageCache) -> list[dict[str, Any]]:
+    """One samples.jsonl record per image (with the sha256 of its PNG)."""
     return [
         {
             "item_id": p.request.item.id,
@@ -114,14 +176,17 @@ def samples_records(planned: Sequence[PlannedImage]) -> list[dict[str, Any]]:
             "category": p.request.item.category,
             "image": f"images/{p.file_name}",
             "key": p.key,
+            "sha256": cache.recorded_sha256(p.key),
         }
         for p in planned
     ]
 
 
-def write_samples(run_dir: Path, planned: Sequence[PlannedImage]) -> Path:
+def write_samples(run_dir: Path, planned: Sequence[PlannedImage], cache: ImageCache) -> Path:
     """Write samples.jsonl atomically."""
-    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in samples_records(planned)]
+    lines = [
+        json.dumps(r, ensure_ascii=False, sort_keys=True) for r in samples_records(planned, cache)
+    ]
     return atomic_write_text(run_dir / "samples.jsonl", "\n".join(lines) + "\n")
 
 
@@ -136,7 +201,8 @@ def compute_metrics(
 ) -> tuple[dict[str, MetricResult], dict[str, float]]:
     """Stream the run's images once through every metric; returns results and seconds per metric.
 
-    ``stage`` only labels progress and log lines (scoring a cascade stage's images).
+    Every image is verified against its recorded checksum as it is read. ``stage`` only
+    labels progress and log lines (scoring a cascade stage's images).
     """
     seconds = dict.fromkeys(metrics, 0.0)
     suffix = f" (stage {stage})" if stage else ""
@@ -161,140 +227,202 @@ def compute_metrics(
     return results, seconds
 
 
-def execute(spec: RunSpec, options: RunOptions) -> Path | None:
-    """Run a spec end to end; returns the run folder on rank 0 (None on other ranks)."""
+def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) -> RunPlan:
+    """Check everything that can be checked before generation, and plan the run.
+
+    Metric names and options, the suite, the model and its weights, the output and cache
+    folders, and (on rank 0) every metric with its weights and reference statistics: an
+    error here costs seconds, not a whole generation pass.
+    """
+    check_metric_names(spec)
+    out_root = usable_dir(options.out_root, "output folder (--out)")
+    cache_dir = usable_dir(options.cache_dir or cache_root(), cache_what(options.cache_dir))
+    suite = build_suite(spec)
+    items = select_items(suite, spec)
+    generator = build_generator(spec, suite, options, device)
+    stages = cascade_stages(generator, spec.model) if options.per_stage else []
+    planned = plan_images(
+        generator,
+        plan_requests(items, spec.images_per_prompt, spec.seed),
+        spec.resolution,
+        stages=[name for name, _ in stages[:-1]],
+    )
+    metric_context = MetricContext(
+        suite=suite,
+        resolution=spec.resolution,
+        device=device,
+        batch_size=options.metric_batch_size,
+        seed=derive_seed(spec.seed, "metrics", 0),
+        cache_dir=cache_dir,
+        allow_random_weights=options.allow_random_weights,
+        num_images=len(planned),
+    )
+    metrics: dict[str, Metric] = {}
+    if info.is_main:
+        metrics = build_metrics(spec, metric_context)
+        for metric in metrics.values():
+            metric.prepare()
+    return RunPlan(
+        spec=spec,
+        run_dir=out_root / spec.run_id(),
+        suite=suite,
+        items=items,
+        generator=generator,
+        planned=planned,
+        stages=stages,
+        metric_context=metric_context,
+        metrics=metrics,
+        device=device,
+        world_size=info.world_size,
+    )
+
+
+def _agree(info: DistInfo, device: str, error: Exception | None) -> None:
+    """Every rank learns whether any rank failed its checks (a failing rank then raises its own error)."""
+    failures = all_reduce_sum([1.0 if error is not None else 0.0], info, device)[0]
+    if failures and error is None:
+        raise EvalkitError(
+            "another process of this torchrun job failed its checks (its error is printed above); "
+            "nothing was generated"
+        )
+
+
+def execute(spec: RunSpec, options: RunOptions) -> Path | RunPlan | None:
+    """Run a spec end to end; returns the run folder on rank 0 (None on other ranks).
+
+    With ``options.dry_run`` nothing is generated or written: every check runs and the
+    :class:`RunPlan` comes back (on rank 0).
+    """
     t_start = time.perf_counter()
     info: DistInfo = dist_info()
     device = rank_device(options.device, info)
-    cache_dir = Path(options.cache_dir or cache_root())
+    check_device(device)
     init_process_group(info, device)
     try:
-        for name in spec.metrics:
-            METRICS.entry(name)  # unknown metric names fail before any work
-        suite = build_suite(spec)
-        items = select_items(suite, spec)
-        generator = build_generator(spec, suite, options, device)
-        stages = cascade_stages(generator, spec.model) if options.per_stage else []
-        planned = plan_images(
-            generator,
-            plan_requests(items, spec.images_per_prompt, spec.seed),
-            spec.resolution,
-            stages=[name for name, _ in stages[:-1]],
-        )
-        run_dir = Path(options.out_root) / spec.run_id()
-        cache = ImageCache(cache_dir / "images")
+        try:
+            plan = plan_run(spec, options, info, device)
+        except Exception as exc:  # every rank must hear of it before anyone generates
+            _agree(info, device, exc)
+            raise
+        _agree(info, device, None)
+        cache = ImageCache(plan.metric_context.cache_dir / "images")
+        run_dir = plan.run_dir
+        if options.dry_run:
+            missing, _ = find_missing(plan.planned, cache, quarantine=False)
+            plan.cached = len(plan.planned) - len(missing)
+            return plan if info.is_main else None
         if info.is_main:
+            remove_outputs(run_dir)  # never leave a stale result or report beside new images
             log(
-                f"run {run_dir} · {len(items)} prompts × {spec.images_per_prompt} images · {info.world_size} process(es)"
+                f"run {run_dir} · {len(plan.items)} prompts × {spec.images_per_prompt} images · "
+                f"{info.world_size} process(es)"
             )
 
         t_gen = time.perf_counter()
         gen_stats = generate_missing(
-            generator,
-            shard(planned, info),
+            plan.generator,
+            shard(plan.planned, info),
             cache,
             resolution=spec.resolution,
             batch_size=options.batch_size,
             show_progress=options.show_progress and info.is_main,
-            per_stage=bool(stages),
+            per_stage=bool(plan.stages),
         )
         generate_s = time.perf_counter() - t_gen
-        latency_per_image: list[float | None] = []
-        if stages:  # every rank's stage seconds and image count, for the per-image mean
-            own = gen_stats.stage_latency_s or [0.0] * len(stages)
-            total = all_reduce_sum([float(gen_stats.generated), *own], info, device)
-            n = total[0]
-            latency_per_image = [round(t / n, 6) if n else None for t in total[1:]]
+        own = gen_stats.stage_latency_s or [0.0] * len(plan.stages)
+        totals = all_reduce_sum(
+            [float(gen_stats.generated), float(len(gen_stats.untrusted)), *own], info, device
+        )
+        n_generated, n_untrusted = int(totals[0]), int(totals[1])
+        latency_per_image = [round(t / n_generated, 6) if n_generated else None for t in totals[2:]]
         barrier(info)
         if not info.is_main:
             return None
-
-        (run_dir / "results.json").unlink(
-            missing_ok=True
-        )  # never leave a stale result beside new images
-        atomic_write_json(run_dir / "spec.json", spec.to_dict())
-        link_into(run_dir / "images", planned, cache)
-        for k, (name, _) in enumerate(stages[:-1]):
-            link_into(stage_images_dir(run_dir, name), [p.at_stage(k) for p in planned], cache)
-        write_samples(run_dir, planned)
-
-        metric_context = MetricContext(
-            suite=suite,
-            resolution=spec.resolution,
-            device=device,
-            batch_size=options.metric_batch_size,
-            seed=derive_seed(spec.seed, "metrics", 0),
-            cache_dir=cache_dir,
-            allow_random_weights=options.allow_random_weights,
-            num_images=len(planned),
-        )
-
-        def fresh_metrics() -> dict[str, Metric]:
-            return {
-                name: METRICS.get(name)(dict(spec.metric_options.get(name, {})), metric_context)
-                for name in spec.metrics
-            }
-
-        metric_results, metric_seconds = compute_metrics(
-            fresh_metrics(),
-            planned,
+        return _score_and_write(
+            plan,
+            options,
             cache,
-            spec.resolution,
-            options.metric_batch_size,
-            options.show_progress,
-        )
-        stage_entries = None
-        if stages:
-            stage_entries = []
-            for k, (name, native) in enumerate(stages[:-1]):
-                stage_results, stage_seconds = compute_metrics(
-                    fresh_metrics(),
-                    [p.at_stage(k) for p in planned],
-                    cache,
-                    spec.resolution,
-                    options.metric_batch_size,
-                    options.show_progress,
-                    stage=name,
-                )
-                folder = stage_images_dir(run_dir, name).relative_to(run_dir).as_posix()
-                stage_entries.append(
-                    stage_entry(
-                        name, native, latency_per_image[k], stage_results, stage_seconds, folder
-                    )
-                )
-            name, native = stages[-1]  # the final stage's images are the run's images
-            stage_entries.append(
-                stage_entry(
-                    name, native, latency_per_image[-1], metric_results, metric_seconds, "images"
-                )
-            )
-        results = assemble_results(
-            spec,
-            suite,
-            generator,
-            items,
-            planned,
-            metric_results,
             timings={
                 "generate_s": round(generate_s, 3),
-                "metrics_s": {k: round(v, 3) for k, v in metric_seconds.items()},
-                "total_s": round(time.perf_counter() - t_start, 3),
-                "images_generated": gen_stats.generated,
-                "images_from_cache": gen_stats.cached,
+                "images_generated": n_generated,
+                "images_from_cache": len(plan.planned) - n_generated,
+                "images_untrusted_regenerated": n_untrusted,
             },
-            device=device,
-            world_size=info.world_size,
-            stages=stage_entries,
+            latency_per_image=latency_per_image,
+            t_start=t_start,
         )
-        atomic_write_json(run_dir / "results.json", results)
-        if options.write_report:
-            from evalkit.report.build import build_report
-
-            build_report(run_dir)
-        log(f"results: {run_dir / 'results.json'}")
-        return run_dir
     finally:
         shutdown(info)
+
+
+def _score_and_write(
+    plan: RunPlan,
+    options: RunOptions,
+    cache: ImageCache,
+    *,
+    timings: dict[str, Any],
+    latency_per_image: list[float | None],
+    t_start: float,
+) -> Path:
+    """Rank 0, after generation: link the images, score them, write results and report together."""
+    spec, run_dir, planned = plan.spec, plan.run_dir, plan.planned
+    atomic_write_json(run_dir / "spec.json", spec.to_dict())
+    link_into(run_dir / "images", planned, cache)
+    for k, (name, _) in enumerate(plan.stages[:-1]):
+        link_into(stage_images_dir(run_dir, name), [p.at_stage(k) for p in planned], cache)
+    write_samples(run_dir, planned, cache)
+
+    metric_results, metric_seconds = compute_metrics(
+        plan.metrics,
+        planned,
+        cache,
+        spec.resolution,
+        options.metric_batch_size,
+        options.show_progress,
+    )
+    stage_entries = None
+    if plan.stages:
+        stage_entries = []
+        for k, (name, native) in enumerate(plan.stages[:-1]):
+            stage_results, stage_seconds = compute_metrics(
+                build_metrics(spec, plan.metric_context),
+                [p.at_stage(k) for p in planned],
+                cache,
+                spec.resolution,
+                options.metric_batch_size,
+                options.show_progress,
+                stage=name,
+            )
+            folder = stage_images_dir(run_dir, name).relative_to(run_dir).as_posix()
+            stage_entries.append(
+                stage_entry(
+                    name, native, latency_per_image[k], stage_results, stage_seconds, folder
+                )
+            )
+        name, native = plan.stages[-1]  # the final stage's images are the run's images
+        stage_entries.append(
+            stage_entry(
+                name, native, latency_per_image[-1], metric_results, metric_seconds, "images"
+            )
+        )
+    results = assemble_results(
+        spec,
+        plan.suite,
+        plan.generator,
+        plan.items,
+        planned,
+        metric_results,
+        timings={
+            **timings,
+            "metrics_s": {k: round(v, 3) for k, v in metric_seconds.items()},
+            "total_s": round(time.perf_counter() - t_start, 3),
+        },
+        device=plan.device,
+        world_size=plan.world_size,
+        stages=stage_entries,
+    )
+    write_outputs(run_dir, results, write_report=options.write_report)
+    return run_dir
 
 
 def assemble_results(

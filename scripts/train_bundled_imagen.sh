@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe that produced the bundled model (models/imagen-shapes.toml, models/imagen-shapes/).
+# The recipe that produced the bundled model (evalkit/model_cards/imagen-shapes.toml and imagen-shapes/).
 #
 #   scripts/train_bundled_imagen.sh                 # CPU (the bundled checkpoints were made so)
 #   DEVICE=cuda scripts/train_bundled_imagen.sh     # GPU (bf16 autocast: same recipe, other bits)
@@ -7,7 +7,7 @@
 # Variables: PYTHON (.venv/bin/python), OUT (run folders), DEVICE (cpu), THREADS (1: on a busy
 # 2-core machine one thread per process ran 6x faster than two), CARD (where to write the card;
 # default a scratch card under OUT, so the committed one is only replaced on purpose:
-# CARD=models/imagen-shapes.toml). Both stages resume from OUT if interrupted; rerun the script.
+# CARD=evalkit/model_cards/imagen-shapes.toml). Both stages resume from OUT if interrupted; rerun the script.
 # `python -m evalkit.imagen.cli` is `evalkit train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -61,7 +61,7 @@ def test_main_job_runs_end_to_end_with_the_default_metrics(weights_cache, tmp_pa
     args += ["--model-opt", "steps=2,2", "--cache-dir", str(weights_cache)]
     args += ["--out", str(tmp_path / "reports"), "--quiet"]
     assert main(args) == 0
-    results = json.loads(Path(capsys.readouterr().out.strip()).read_text())
+    results = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
     assert set(results["metrics"]) == {"fid", "kid", "shapes_accuracy"}
     assert not results["uncalibrated"]
     assert (tmp_path / "reports" / results["run_id"] / "report.html").is_file()

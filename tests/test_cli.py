@@ -65,7 +65,7 @@ def test_run_writes_results_and_prints_their_path(tmp_path, capsys):
         ]
     )
     assert code == 0
-    path = capsys.readouterr().out.strip()
+    path = capsys.readouterr().out.strip().splitlines()[-1]
     res = json.loads(Path(path).read_text())
     assert res["spec"]["model"] == "toy" and "test-pixel-mean" in res["metrics"]
     assert res["manifest"]["sampling"]["resolution"] == 16
@@ -136,7 +136,7 @@ def test_num_samples_on_shapes_keeps_every_category(tmp_path, capsys):
         ]
     )
     assert code == 0
-    run_dir = Path(capsys.readouterr().out.strip()).parent
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1]).parent
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 10
     assert {r["category"] for r in rows} == {

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from evalkit.cards import PROJECT_MODELS_DIR, load_card  # noqa: E402
+from evalkit.cards import BUNDLED_CARDS_DIR, load_card  # noqa: E402
 from evalkit.errors import (  # noqa: E402
     GenerationError,
     InputError,
@@ -440,7 +440,7 @@ def test_composition_restores_the_unet_forward(sd):
 
 @pytest.mark.parametrize("name", CARDS)
 def test_bundled_cards_parse_and_resolve_to_the_diffusers_adapter(name):
-    card = load_card(PROJECT_MODELS_DIR / f"{name}.toml")
+    card = load_card(BUNDLED_CARDS_DIR / f"{name}.toml")
     assert card.name == name and card.adapter == "diffusers"
     assert "/" in card.weights["pipeline"].hub_id
     assert isinstance(card.sampling["steps"], (int, list))

@@ -185,10 +185,14 @@ def test_run_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
     # delay_s is not a pixel setting: the resumed run (without it) reuses the cached images.
     out = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    res = json.loads(Path(out.stdout.strip()).read_text())
+    res = json.loads(Path(out.stdout.strip().splitlines()[-1]).read_text())
     assert res["manifest"]["timings"]["images_generated"] == 30 - done_before
     assert len(list(images.rglob("*.png"))) == 30
-    lines = (Path(out.stdout.strip()).parent / "samples.jsonl").read_text().splitlines()
+    lines = (
+        (Path(out.stdout.strip().splitlines()[-1]).parent / "samples.jsonl")
+        .read_text()
+        .splitlines()
+    )
     assert len(lines) == 30 and len({json.loads(line)["key"] for line in lines}) == 30
 
 
@@ -242,7 +246,7 @@ def test_two_processes_with_torchrun_equal_one_process(tmp_path):
         timeout=120,
     )
     assert one.returncode == 0, one.stderr
-    run_one = Path(one.stdout.strip()).parent
+    run_one = Path(one.stdout.strip().splitlines()[-1]).parent
     run_two = tmp_path / "two" / run_one.name
     assert run_images(run_one) == run_images(run_two)
     r1, r2 = results(run_one), results(run_two)

@@ -14,7 +14,7 @@ Model card example (``adapter = "imagen"``)::
     aug_level = 0.2          # super-resolution stages only
 
 With no card (neither the ``card`` option nor ``context.extra["card"]``), no ``checkpoints``
-and no ``random`` option, the bundled model card ``models/imagen-shapes.toml`` is used
+and no ``random`` option, the bundled model card ``evalkit/model_cards/imagen-shapes.toml`` is used
 (:data:`DEFAULT_CARD`), so ``evalkit run --model imagen`` works offline out of the box; its
 ``[sampling]``/``[options]`` are defaults that explicit options override.
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import evalkit
-from evalkit.cards import PROJECT_MODELS_DIR
+from evalkit.cards import BUNDLED_CARDS_DIR
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.generators.base import (
     GenerationRequest,
@@ -46,7 +46,7 @@ from evalkit.generators.base import (
 from evalkit.hashing import sha256_file, sha256_json
 
 #: the card ``--model imagen`` uses when given no card, checkpoints or random option
-DEFAULT_CARD = PROJECT_MODELS_DIR / "imagen-shapes.toml"
+DEFAULT_CARD = BUNDLED_CARDS_DIR / "imagen-shapes.toml"
 
 SAMPLING_KEYS = (
     "steps",
@@ -319,7 +319,7 @@ def _with_default_card(options: dict[str, Any], context: GeneratorContext) -> di
     if not DEFAULT_CARD.is_file():
         raise MissingWeightsError(
             f"imagen: no card, checkpoints or random option given, and the bundled card {DEFAULT_CARD} "
-            "is missing; restore models/imagen-shapes.toml and models/imagen-shapes/ from the repository, "
+            "is missing; reinstall evalkit (the card and its weights ship in evalkit/model_cards/), "
             "train one (scripts/train_bundled_imagen.sh), or pass --model-opt checkpoints=[...]"
         )
     from evalkit.cards import load_card
@@ -382,8 +382,6 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
     sampling = []
     for k, st in enumerate(stages):
         changes = {key: vals[k] for key, vals in overrides.items()}
-        if "steps" in changes:
-            changes["steps"] = int(changes["steps"])
         sampling.append(st.config.sampling.replace(**changes))
     name = card.name if card is not None else "imagen"
     return ImagenGenerator(cascade, sampling, weights, context, options, uncalibrated, name)

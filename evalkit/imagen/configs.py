@@ -142,21 +142,21 @@ class StageSampling:
 
     def __post_init__(self) -> None:
         from evalkit.imagen.thresholding import THRESHOLDING
+        from evalkit.options import as_choice, as_float, as_int
 
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"sampling steps must be a positive integer, got {self.steps!r}")
-        if self.sampler not in SAMPLERS:
-            raise UsageError(f"unknown sampler {self.sampler!r}; choose one of {list(SAMPLERS)}")
-        if self.thresholding not in THRESHOLDING:
+        where = "imagen sampling"
+        as_int(self.steps, "steps", where, minimum=1)
+        as_float(self.guidance, "guidance", where)
+        as_choice(self.sampler, list(SAMPLERS), "sampler", where)
+        as_float(self.eta, "eta", where, minimum=0.0, maximum=1.0)
+        as_choice(self.thresholding, list(THRESHOLDING), "thresholding", where)
+        if not 0.0 < as_float(self.percentile, "percentile", where) <= 100.0:
             raise UsageError(
-                f"unknown thresholding {self.thresholding!r}; choose one of {list(THRESHOLDING)}"
+                f"{where}: option percentile must be in (0, 100], got {self.percentile}"
             )
-        if not 0.0 <= self.aug_level <= 1.0:
-            raise UsageError(f"aug_level must be in [0, 1], got {self.aug_level}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise UsageError(f"eta must be in [0, 1], got {self.eta}")
-        if not 0.0 < self.percentile <= 100.0:
-            raise UsageError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.max_threshold is not None:
+            as_float(self.max_threshold, "max_threshold", where, minimum=1.0)
+        as_float(self.aug_level, "aug_level", where, minimum=0.0, maximum=1.0)
 
     def replace(self, **changes: Any) -> StageSampling:
         return dataclasses.replace(self, **changes)

@@ -64,6 +64,15 @@ class Metric(ABC):
 
     name: str = "metric"
 
+    def prepare(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Do, before any image is generated, whatever can fail without the images.
+
+        The runner calls this once before generation: metrics that compare against a
+        reference set compute (or load) its statistics here, so a missing or corrupt
+        reference image stops the run in minutes, not after hours of generation. The
+        default does nothing.
+        """
+
     @abstractmethod
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]

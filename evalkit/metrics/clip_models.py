@@ -347,9 +347,13 @@ def _build(
             model, _, _ = open_clip.create_model_and_transforms(
                 model_name, pretrained=str(weights) if weights is not None else None, **kwargs
             )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except Exception as exc:  # torch.load and open_clip fail on foreign files in many ways
         where = f"weights {weights}" if weights is not None else "random init"
-        raise InputError(f"CLIP model {model_name!r}: could not load {where}: {exc}") from exc
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise InputError(
+            f"CLIP model {model_name!r}: could not load {where} ({reason}); the file is corrupt, "
+            "truncated or for another architecture"
+        ) from exc
     return model.eval()
 
 
@@ -473,8 +477,9 @@ def fetch_clip(
         src = Path(source).expanduser()
         if not src.is_file():
             raise InputError(f"CLIP weights file {src} not found")
+        _build(open_clip, model_name, src, tag_cfg, "cpu")  # refuse a file that is not this model
         target = _install(src, folder, move=False)
-        print(f"installed CLIP weights {target}", file=sys.stderr)
+        print(f"verified and installed CLIP weights {target}", file=sys.stderr)
         return target
     if not tag_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -493,6 +498,7 @@ def fetch_clip(
             staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
             try:
                 downloaded = _download(open_clip, tag_cfg, prefer_hub, staging)
+                _build(open_clip, model_name, downloaded, tag_cfg, "cpu")
                 target = _install(downloaded, folder, move=True)
                 print(f"fetched CLIP weights {target}", file=sys.stderr)
                 return target

@@ -143,6 +143,10 @@ class FrechetInceptionDistance(Metric):
             )
         return self._extractor
 
+    def prepare(self) -> None:
+        """Load or compute the reference statistics before any image is generated."""
+        self._reference()
+
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:

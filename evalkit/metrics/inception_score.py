@@ -123,7 +123,8 @@ class InceptionScore(Metric):
             "feature_layer": f"{LOGITS} (1008 classes, no classifier bias)",
             "num_generated": int(logits.shape[0]),
             "splits": self.splits,
-            "shuffle": f"numpy RandomState({legacy_numpy_seed(self.context.seed)}).permutation",
+            "shuffle": "numpy RandomState(seed).permutation (torch-fidelity's)",
+            "seed": legacy_numpy_seed(self.context.seed),
             **{f"{k}_version": v for k, v in library_versions().items()},
         }
         return MetricResult(

@@ -190,6 +190,10 @@ class KernelInceptionDistance(Metric):
             )
         return self._extractor
 
+    def prepare(self) -> None:
+        """Compute (or check the cached) reference features before any image is generated."""
+        reference_features(self.context, self.extractor)
+
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
@@ -231,7 +235,8 @@ class KernelInceptionDistance(Metric):
             "subsets": p["subsets"],
             "subset_size": size,
             "subset_size_requested": p["subset_size"],
-            "sampler": f"numpy RandomState({legacy_numpy_seed(self.context.seed)}).choice without replacement",
+            "sampler": "numpy RandomState(seed).choice without replacement (torch-fidelity's)",
+            "seed": legacy_numpy_seed(self.context.seed),
             "notes": notes,
             **{f"{k}_version": v for k, v in library_versions().items()},
         }
