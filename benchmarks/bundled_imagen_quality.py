@@ -1,4 +1,4 @@
-"""Quality of the bundled Imagen (models/imagen-shapes.toml) against a random-init cascade.
+"""Quality of the bundled Imagen (evalkit/model_cards/imagen-shapes.toml) against a random-init cascade.
 
 Runs ``evalkit run`` three times on the same ``shapes`` prompts and seeds: the bundled model,
 a random-init cascade of the same presets (``random=shapes``, marked uncalibrated) and the

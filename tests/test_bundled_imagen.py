@@ -1,4 +1,4 @@
-"""The bundled model (models/imagen-shapes.toml): it loads by default and really draws shapes."""
+"""The bundled model (evalkit/model_cards/imagen-shapes.toml): it loads by default and really draws shapes."""
 
 # ruff: noqa: F811  (pytest fixtures imported from tests.fixtures_fid are used as arguments)
 

@@ -9,6 +9,7 @@ import pytest
 
 from evalkit.errors import ProtocolMismatchError
 from evalkit.report.compare import check_compatible, compare_results, render_comparison_md
+from evalkit.report.schema import load_results
 
 
 def make_results(run_id: str = "a", fid: float = 10.0, clip: float = 0.27) -> dict[str, Any]:
@@ -219,3 +220,30 @@ def test_machine_keys_at_any_depth_are_notes() -> None:
     b["metrics"]["fid"]["manifest"]["reference_stats"]["key"] = "k2"
     with pytest.raises(ProtocolMismatchError, match=r"reference_stats\.key"):
         check_compatible(a, b)
+
+
+def test_real_runs_that_differ_only_in_seed_are_comparable(tmp_path) -> None:
+    """The run seed and every seed derived from it (KID subsets, IS splits, bootstrap) are notes."""
+    from evalkit.run import RunOptions, execute
+    from evalkit.spec import RunSpec
+
+    runs = []
+    for seed in (0, 1):
+        spec = RunSpec(
+            model="toy",
+            suite="shapes",
+            suite_options={"num_items": 10},
+            seed=seed,
+            resolution=64,
+            metrics=("fid", "kid", "is", "shapes_accuracy"),
+            metric_options={"fid": {"bootstrap": 5}, "kid": {"subset_size": 5, "subsets": 3}},
+        )
+        options = RunOptions(
+            out_root=tmp_path / "out", cache_dir=tmp_path / "c", show_progress=False,
+            write_report=False, allow_random_weights=True,  # IS needs logits: random offline
+        )  # fmt: skip
+        runs.append(load_results(execute(spec, options) / "results.json"))
+    comparison = compare_results(runs[0], runs[1])
+    assert comparison["compatible"] and not comparison["warnings"]
+    assert any("seed" in note for note in comparison["notes"])
+    assert set(comparison["metrics"]) == {"fid", "kid", "is", "shapes_accuracy"}

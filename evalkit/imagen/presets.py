@@ -63,7 +63,7 @@ def tiny_sr(
 
 
 def shapes_base_32(text_encoder: dict[str, Any] | None = None, text_dim: int = 384) -> StageConfig:
-    """The bundled model's base (models/imagen-shapes.toml): 1.2M-parameter U-Net, 32 px, MiniLM text.
+    """The bundled model's base (evalkit/model_cards/imagen-shapes.toml): 1.2M-parameter U-Net, 32 px, MiniLM text.
 
     v-prediction: with the cosine schedule's zero terminal SNR, an ε-model's x̂₀ at high noise is
     its ε error magnified by σ/α, which dynamic thresholding rescales into visible noise that
