@@ -97,6 +97,18 @@ def test_frechet_reuses_a_precomputed_factor_and_is_symmetric():
     assert trace_sqrt_product(s1, s2) == pytest.approx(direct, rel=1e-10)
 
 
+def test_full_rank_factor_is_cholesky_and_gives_the_eigh_path_value():
+    mu1, s1 = _moments(_gaussian_sample(300, 48, seed=7))
+    mu2, s2 = _moments(_gaussian_sample(300, 48, seed=8, shift=0.1))
+    factor = psd_factor(s1)
+    assert np.array_equal(factor, np.linalg.cholesky(s1))  # lower triangular: the fast path
+    w, v = np.linalg.eigh(s1)
+    eigh_factor = v * np.sqrt(w)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
+        frechet_distance(mu1, s1, mu2, s2, factor1=eigh_factor), rel=1e-12
+    )
+
+
 def test_frechet_factor_of_a_singular_covariance_keeps_only_its_rank():
     x = _gaussian_sample(10, 40, seed=12)
     s = np.cov(x, rowvar=False)

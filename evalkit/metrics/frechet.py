@@ -6,11 +6,13 @@ d² = |μ1 − μ2|² + Tr(Σ1) + Tr(Σ2) − 2·Tr((Σ1Σ2)^½), with
 
 (eigenvalues below the rounding-noise floor n·eps·λ_max count as 0)
 
-where √Σ1 and the eigenvalues come from symmetric ``numpy.linalg.eigh`` in float64
-(√Σ1 is kept in factored form, see :func:`psd_factor`).
-√Σ1 Σ2 √Σ1 is symmetric positive semi-definite and similar to Σ1Σ2, so the result is real
-even when the covariances are singular (fewer samples than dimensions), and it needs no
-``scipy.linalg.sqrtm`` (slow, and complex-valued on singular inputs).
+where √Σ1 is kept in factored form A·Aᵀ = Σ1 (see :func:`psd_factor`): the eigenvalues of the
+symmetric Aᵀ·Σ2·A are those of Σ1Σ2. With enough samples Σ1 is positive definite and A is its
+Cholesky factor (a third of a symmetric eigendecomposition's work, then eigenvalues only of a
+symmetric matrix); when Σ1 is singular (fewer samples than dimensions) A comes from
+``numpy.linalg.eigh`` over the eigenvalues above the rounding-noise floor. Everything is float64
+and real: no ``scipy.linalg.sqrtm`` (slow, and complex-valued on singular inputs) and no
+eigenvalues of the non-symmetric product Σ1Σ2 (what torch-fidelity computes).
 """
 
 from __future__ import annotations
@@ -45,13 +47,25 @@ def _drop_rounding_noise(eigenvalues: np.ndarray) -> np.ndarray:
 
 
 def psd_factor(sigma: np.ndarray) -> np.ndarray:
-    """A (d, r) with A·Aᵀ = Σ: A = V·diag(√λ) over the r eigenvalues above the noise floor (``eigh``).
+    """A (d, r) with A·Aᵀ = Σ: the Cholesky factor when Σ is safely positive definite, else
+    A = V·diag(√λ) over the r eigenvalues of ``eigh`` above the rounding-noise floor.
 
-    √Σ = A·Vᵀ, so √Σ1·Σ2·√Σ1 = V·(Aᵀ·Σ2·A)·Vᵀ has the eigenvalues of the r×r matrix Aᵀ·Σ2·A:
-    the same numbers, from a smaller symmetric eigenproblem when Σ1 is singular.
+    Either way √Σ1·Σ2·√Σ1 has the eigenvalues of the symmetric Aᵀ·Σ2·A, the matrix
+    :func:`trace_sqrt_product` takes eigenvalues of. Cholesky is used only when every pivot is
+    above the same noise floor that :func:`_drop_rounding_noise` applies to eigenvalues, so a
+    singular covariance never gets a factor made of rounding noise.
     """
-    s = _as_cov(sigma, "sigma")
-    w, v = np.linalg.eigh(_symmetrize(s))
+    s = _symmetrize(_as_cov(sigma, "sigma"))
+    try:
+        chol = np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        chol = None
+    if chol is not None:
+        pivots = np.diag(chol) ** 2
+        floor = float(np.diag(s).max(initial=0.0)) * s.shape[0] * np.finfo(np.float64).eps
+        if pivots.size and pivots.min() > floor:
+            return chol
+    w, v = np.linalg.eigh(s)
     w = _drop_rounding_noise(w)
     keep = w > 0
     return v[:, keep] * np.sqrt(w[keep])
@@ -64,6 +78,16 @@ def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return _symmetrize((v * np.sqrt(_drop_rounding_noise(w))) @ v.T)
 
 
+def _congruence(a: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Aᵀ·S·A, with triangular products (half the work of two general ones) for a Cholesky factor."""
+    if a.shape[0] == a.shape[1] and not np.triu(a, 1).any():
+        from scipy.linalg.blas import dtrmm
+
+        sa = dtrmm(1.0, a, s, side=1, lower=1)  # S·A
+        return dtrmm(1.0, a, sa, lower=1, trans_a=1)  # Aᵀ·(S·A)
+    return a.T @ s @ a
+
+
 def trace_sqrt_product(
     sigma1: np.ndarray, sigma2: np.ndarray, *, factor1: np.ndarray | None = None
 ) -> float:
@@ -74,7 +98,7 @@ def trace_sqrt_product(
         raise ValueError(f"covariance shapes differ: factor {a.shape} vs sigma2 {s2.shape}")
     if a.shape[1] == 0:
         return 0.0
-    m = _symmetrize(a.T @ _symmetrize(s2) @ a)
+    m = _symmetrize(_congruence(a, _symmetrize(s2)))
     eig = _drop_rounding_noise(np.linalg.eigvalsh(m))
     return float(np.sqrt(eig).sum())
 
