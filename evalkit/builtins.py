@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from evalkit.cards import card_entries, card_entry_for_path
-from evalkit.registry import METRICS, MODELS, SUITES
+from evalkit.registry import METRICS, MODELS, SUITES, Entry
 
 # Models (generators). Factories take (options: dict, context: GeneratorContext).
 MODELS.register(
@@ -33,6 +35,23 @@ MODELS.register(
 )
 MODELS.add_source(card_entries)
 MODELS.add_resolver(card_entry_for_path)
+
+
+def _images_entry(name: str) -> Entry | None:
+    """``images:DIR``: existing images scored as a model (the folder is bound into the factory)."""
+    if not name.startswith("images:"):
+        return None
+    folder = name[len("images:") :]
+
+    def factory(options: dict[str, Any], context: Any) -> Any:
+        from evalkit.generators.images import make_images_generator
+
+        return make_images_generator({**options, "dir": folder}, context)
+
+    return Entry(name, factory, f"existing images in {folder}", "images:DIR")
+
+
+MODELS.add_resolver(_images_entry)
 
 # Suites. Factories take (options: dict).
 SUITES.register(

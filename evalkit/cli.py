@@ -219,6 +219,57 @@ def _print_results(path: Path) -> None:
     typer.echo(str(path))
 
 
+@app.command()
+def score(
+    folder: Annotated[Path, typer.Argument(help="Folder of images named <item-id>[_<k>].png.")],
+    suite: Annotated[
+        str, typer.Option("--suite", "-s", help="The suite the images answer.")
+    ] = "shapes",
+    num_samples: Annotated[int | None, typer.Option(help="Number of prompts.")] = None,
+    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-k")] = 1,
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Side length scored.")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="JSONL: path and id (or prompt) per image.")
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file (csv/jsonl/drawbench).")] = None,
+    suite_opt: Annotated[list[str] | None, typer.Option("--suite-opt")] = None,
+    metric_opt: Annotated[list[str] | None, typer.Option("--metric-opt")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    out: Annotated[Path, typer.Option()] = Path("reports"),
+    cache_dir: Annotated[Path | None, typer.Option()] = None,
+    allow_random_weights: Annotated[bool, typer.Option()] = False,
+    report: Annotated[bool, typer.Option()] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Score images made elsewhere: the same as `evalkit run --model images:FOLDER`."""
+    run(
+        model=f"images:{folder.expanduser().resolve()}",
+        suite=suite,
+        num_samples=num_samples,
+        images_per_prompt=images_per_prompt,
+        metrics=metrics,
+        seed=0,
+        resolution=resolution,
+        batch_size=16,
+        metric_batch_size=64,
+        device=device,
+        out=out,
+        cache_dir=cache_dir,
+        prompts=prompts,
+        model_opt=[f"manifest={manifest.resolve()}"] if manifest else None,
+        suite_opt=suite_opt,
+        metric_opt=metric_opt,
+        sweep=None,
+        allow_random_weights=allow_random_weights,
+        per_stage=False,
+        report=report,
+        dry_run=dry_run,
+        quiet=quiet,
+    )
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (holding results.json).")],

@@ -165,10 +165,15 @@ def build_metrics(spec: RunSpec, context: MetricContext) -> dict[str, Metric]:
     }
 
 
-def samples_records(planned: Sequence[PlannedImage], cache: ImageCache) -> list[dict[str, Any]]:
-    """One samples.jsonl record per image (with the sha256 of its PNG)."""
+def samples_records(
+    planned: Sequence[PlannedImage], cache: ImageCache, generator: Generator | None = None
+) -> list[dict[str, Any]]:
+    """One samples.jsonl record per image (with the sha256 of its PNG, and whatever the
+    generator's optional ``sample_record(request)`` adds, e.g. the source file of ``images:``)."""
+    extra = getattr(generator, "sample_record", None)
     return [
         {
+            **(extra(p.request) if callable(extra) else {}),
             "item_id": p.request.item.id,
             "sample_index": p.request.sample_index,
             "seed": p.request.seed,
@@ -182,11 +187,15 @@ def samples_records(planned: Sequence[PlannedImage], cache: ImageCache) -> list[
     ]
 
 
-def write_samples(run_dir: Path, planned: Sequence[PlannedImage], cache: ImageCache) -> Path:
+def write_samples(
+    run_dir: Path,
+    planned: Sequence[PlannedImage],
+    cache: ImageCache,
+    generator: Generator | None = None,
+) -> Path:
     """Write samples.jsonl atomically."""
-    lines = [
-        json.dumps(r, ensure_ascii=False, sort_keys=True) for r in samples_records(planned, cache)
-    ]
+    records = samples_records(planned, cache, generator)
+    lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]
     return atomic_write_text(run_dir / "samples.jsonl", "\n".join(lines) + "\n")
 
 
@@ -241,11 +250,12 @@ def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) ->
     items = select_items(suite, spec)
     generator = build_generator(spec, suite, options, device)
     stages = cascade_stages(generator, spec.model) if options.per_stage else []
+    requests = plan_requests(items, spec.images_per_prompt, spec.seed)
+    check_requests = getattr(generator, "check_requests", None)
+    if callable(check_requests):  # e.g. images: every requested image has a file, and vice versa
+        check_requests(requests)
     planned = plan_images(
-        generator,
-        plan_requests(items, spec.images_per_prompt, spec.seed),
-        spec.resolution,
-        stages=[name for name, _ in stages[:-1]],
+        generator, requests, spec.resolution, stages=[name for name, _ in stages[:-1]]
     )
     metric_context = MetricContext(
         suite=suite,
@@ -370,7 +380,7 @@ def _score_and_write(
     link_into(run_dir / "images", planned, cache)
     for k, (name, _) in enumerate(plan.stages[:-1]):
         link_into(stage_images_dir(run_dir, name), [p.at_stage(k) for p in planned], cache)
-    write_samples(run_dir, planned, cache)
+    write_samples(run_dir, planned, cache, plan.generator)
 
     metric_results, metric_seconds = compute_metrics(
         plan.metrics,
