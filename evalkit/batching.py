@@ -113,7 +113,11 @@ def _pool(width: int) -> ThreadPoolExecutor:
 
         def init() -> None:
             _worker.active = True
-            torch.set_num_threads(1)  # per thread under OpenMP (and MKL's thread-local setting)
+            # ATen initialises a thread's OpenMP setting lazily, from the process default, at
+            # its first parallel op: do that now, then hold this thread to one (per thread
+            # under OpenMP, and MKL's thread-local setting)
+            torch.get_num_threads()
+            torch.set_num_threads(1)
             ready.wait()  # every worker is started now, none later
 
         for future in [pool.submit(init) for _ in range(width)]:
