@@ -254,3 +254,21 @@ def test_inception_features_do_not_depend_on_the_thread_count(threads):
         threads(n)
         features[n] = extractor(images)["2048"]
     assert (features[1] == features[2]).all()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_workers(threads):
+    import multiprocessing
+
+    threads(2)
+    x = torch.arange(10.0).view(5, 2)
+    assert run_in_micro_batches(torch.neg, x, size=2, workers=2).sum() == -45  # parent's pool
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # the child would wait forever on the parent's (absent) threads
+        result = pool.apply_async(_double_sum_in_workers).get(timeout=60)
+    assert result == 90.0
+
+
+def _double_sum_in_workers() -> float:
+    x = torch.arange(10.0).view(5, 2)
+    return float(run_in_micro_batches(lambda a: a * 2, x, size=2, workers=2).sum())
