@@ -35,6 +35,7 @@ machines may differ in the low bits (tolerances are documented where they matter
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -94,6 +95,7 @@ def micro_batches(rows: Rows, size: int) -> Iterator[tuple[slice, Rows]]:
 # --------------------------------------------------------------------------- one-thread workers
 
 
+@functools.cache
 def _openmp_backend() -> bool:
     return "parallel backend: OpenMP" in torch.__config__.parallel_info()
 
@@ -183,14 +185,6 @@ def map_one_thread(fn: Callable[..., T], calls: Sequence[tuple], workers: int) -
     pool = _pool(workers)
     futures = [pool.submit(_run_in_worker(fn, args, grad, inference)) for args in calls]
     return [f.result() for f in futures]
-
-
-def on_one_thread(fn: Callable[..., T], *args: Any, device: str | torch.device = "cpu") -> T:
-    """``fn(*args)`` with one intra-op thread (in a worker on a multi-threaded CPU process)."""
-    workers = worker_count(device)
-    if workers <= 1:
-        return fn(*args)
-    return map_one_thread(fn, [args], workers=workers)[0]
 
 
 # --------------------------------------------------------------------------- networks
