@@ -118,9 +118,36 @@ def bench_evalkit(
         for cfg, s, g in zip(configs, args.steps, args.guidance, strict=True)
     ]
     seeds = list(range(len(prompts)))
-    result = _time_runs(lambda: cascade.sample(prompts, seeds, sampling), args.repeats, args.device)
+    outputs: list[torch.Tensor] = []
+
+    def run() -> None:
+        outputs[:] = [cascade.sample(prompts, seeds, sampling).images]
+
+    result = _time_runs(run, args.repeats, args.device)
     result["parameters"] = [sum(p.numel() for p in st.model.parameters()) for st in stages]
+    result["images"] = outputs[0]  # for the thread-count comparison (not written to JSON)
     return result
+
+
+def compare_thread_counts(args: argparse.Namespace, prompts: list[str]) -> int:
+    """evalkit's throughput at each of ``--thread-counts`` and whether the images are equal."""
+    fb = int(args.forward_batch.split(",")[0])
+    rows = {}
+    for n in [int(v) for v in args.thread_counts.split(",")]:
+        torch.set_num_threads(n)
+        print(f"evalkit forward_batch={fb}, {n} thread(s) ...", file=sys.stderr, flush=True)
+        rows[n] = bench_evalkit(args, prompts, fb)
+    first = next(iter(rows.values()))["images"]
+    print(
+        f"\nbatch {args.batch}, steps {args.steps}, guidance {args.guidance}, forward_batch {fb}, "
+        f"device {args.device}, torch {torch.__version__}, "
+        f"kernels {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(f"{'threads':>8s} {'images/s':>9s} {'s/batch':>8s}  images equal to the first row's")
+    for n, r in rows.items():
+        same = torch.equal(r["images"], first)
+        print(f"{n:8d} {args.batch / r['seconds_median']:9.2f} {r['seconds_median']:8.2f}  {same}")
+    return 0
 
 
 def text_embeddings(prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -262,6 +289,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--forward-batch", default="4,0", help="evalkit forward_batch values to time")
+    p.add_argument(
+        "--thread-counts",
+        help="time evalkit alone at these intra-op thread counts (e.g. 1,2) and compare the images",
+    )
     p.add_argument("--imagen-python", default=DEFAULT_IMAGEN_PYTHON)
     p.add_argument("--skip-lucidrains", action="store_true")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -280,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(bench_lucidrains(args, args.emb)))
         return 0
     prompts = _prompts(args.batch)
+    if args.thread_counts:
+        return compare_thread_counts(args, prompts)
     rows: dict[str, dict[str, Any]] = {}
     for fb in [int(v) for v in args.forward_batch.split(",")]:
         print(f"evalkit forward_batch={fb} ...", file=sys.stderr, flush=True)
@@ -322,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             if name != "imagen-pytorch":
                 print(f"speed ratio {name} / imagen-pytorch: {r['images_per_s'] / ref:.2f}x")
     if args.json:
+        for r in rows.values():
+            r.pop("images", None)
         args.json.write_text(
             json.dumps(
                 {"args": {k: v for k, v in vars(args).items() if k != "json"}, "rows": rows},

@@ -80,6 +80,27 @@ def hardware(device: str, world_size: int) -> dict[str, Any]:
     return {"device": device, "cpu": cpu_name(), "gpus": gpus, "world_size": world_size}
 
 
+def torch_threads() -> dict[str, Any]:
+    """torch's CPU threading and kernel set: they fix the low bits of CPU results.
+
+    ``intra_op``/``inter_op`` are ``torch.get_num_threads()``/``get_num_interop_threads()``;
+    ``cpu_capability`` is the ATen kernel set in use (``AVX2``, ``AVX512``, ``DEFAULT`` ...,
+    chosen by the CPU or ``ATEN_CPU_CAPABILITY``).
+    """
+    try:
+        import torch
+
+        backend = torch.__config__.parallel_info()
+        return {
+            "intra_op": torch.get_num_threads(),
+            "inter_op": torch.get_num_interop_threads(),
+            "parallel_backend": "OpenMP" if "parallel backend: OpenMP" in backend else "other",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
+    except Exception:  # noqa: BLE001 - probing must never fail a run
+        return {}
+
+
 def environment(device: str, world_size: int) -> dict[str, Any]:
     """The manifest's ``environment`` block."""
     commit, dirty = git_state()
@@ -90,4 +111,5 @@ def environment(device: str, world_size: int) -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "hardware": hardware(device, world_size),
+        "threads": torch_threads(),
     }

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.metrics import inception
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.bootstrap import summarize
 from evalkit.registry import METRICS, SUITES
@@ -21,6 +22,14 @@ from evalkit.suites.base import Item, ReferenceSet, Suite
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DRAWBENCH_CSV = SHARED / "data" / "drawbench" / "drawbench.csv"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def small_inception_micro_batch() -> Iterator[None]:
+    """Test sets hold a few images: an Inception micro-batch of 4 (not 32) keeps padding cheap."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inception, "BATCH_SIZE", 4)
+        yield
 
 
 class TinyReferenceSet(ReferenceSet):

@@ -24,7 +24,7 @@ from evalkit.metrics.clip_models import (
     hub_offline,
     load_clip,
 )
-from evalkit.metrics.clip_score import ClipScore, make_clip_score
+from evalkit.metrics.clip_score import DEFAULT_BATCH_SIZE, ClipScore, make_clip_score
 from evalkit.suites.base import Item, Suite
 
 PROMPTS = [
@@ -179,20 +179,56 @@ def test_preprocessing_recipe_records_resize_crop_and_normalisation(tiny):
 # ---------------------------------------------------------------- invariances and conventions
 
 
+def _updated(metric: ClipScore, images, items, samples, sizes) -> ClipScore:
+    """``metric`` fed the pairs in consecutive updates of ``sizes`` (cycled) images."""
+    start, k = 0, 0
+    while start < len(items):
+        size = sizes[k % len(sizes)]
+        metric.update(
+            images[start : start + size], items[start : start + size], samples[start : start + size]
+        )
+        start, k = start + size, k + 1
+    return metric
+
+
 def test_score_does_not_depend_on_batch_size_or_update_split(tiny):
-    items, samples = _pairs(2)
+    # 6 prompts × 3 images = 18 images over micro-batches of 4: four full ones and a padded one
+    items, samples = _pairs(3)
     images = _images(len(items), size=(40, 48))
-    whole = _metric(tiny, batch_size=len(items))
+    whole = _metric(tiny, batch_size=4)
     whole.update(images, items, samples)
-    one = _metric(tiny, batch_size=1)
-    for k in range(len(items)):
-        one.update(images[k : k + 1], items[k : k + 1], samples[k : k + 1])
-    a, b = whole.compute(), one.compute()
-    assert a.value == pytest.approx(b.value, rel=1e-6, abs=1e-9)
-    for pid in a.per_item:
-        assert a.per_item[pid] == pytest.approx(b.per_item[pid], rel=1e-6, abs=1e-9)
-    for key in a.values:
-        assert a.values[key] == pytest.approx(b.values[key], rel=1e-6, abs=1e-9)
+    a = whole.compute()
+    for sizes in ([1], [3], [5], [2, 7, 1]):
+        b = _updated(_metric(tiny, batch_size=4), images, items, samples, sizes).compute()
+        assert b.per_item == a.per_item, f"updates of {sizes}"  # bit for bit
+        assert b.value == a.value and b.values == a.values and b.interval == a.interval
+
+
+def test_text_and_image_encoders_run_on_full_micro_batches_only(tiny, monkeypatch):
+    model = tiny[0]
+    shapes: list[tuple[str, int]] = []
+    for name in ("encode_image", "encode_text"):
+        original = getattr(model, name)
+
+        def spy(x, _name=name, _original=original, **kw):
+            shapes.append((_name, x.shape[0]))
+            return _original(x, **kw)
+
+        monkeypatch.setattr(model, name, spy)
+    items, samples = _pairs(2)  # 12 images, 6 prompts
+    metric = _updated(_metric(tiny, batch_size=5), _images(len(items)), items, samples, [3])
+    metric.compute()
+    assert shapes and all(n == 5 for _, n in shapes)
+    assert sum(1 for name, _ in shapes if name == "encode_image") == 3  # 5 + 5 + 2 padded
+    assert metric.compute().manifest["batch_size"] == 5
+
+
+def test_default_batch_size_is_fixed_not_the_runs_batch_size(tmp_path):
+    ctx = MetricContext(
+        suite=_Suite(), resolution=64, cache_dir=tmp_path, allow_random_weights=True, batch_size=7
+    )
+    metric = make_clip_score({"model": TINY_RANDOM}, ctx)
+    assert metric.batch_size == DEFAULT_BATCH_SIZE == 32
 
 
 def test_results_are_deterministic_across_fresh_model_loads(tiny):
@@ -241,18 +277,18 @@ def test_per_category_means_and_intervals_contain_the_means(tiny):
 
 
 def test_prompt_is_encoded_once_per_item(tiny, monkeypatch):
-    model = tiny[0]
-    calls: list[int] = []
-    original = model.encode_text
+    encoded: list[str] = []
+    original = ClipScore._encode_texts
     monkeypatch.setattr(
-        model, "encode_text", lambda t, **kw: calls.append(t.shape[0]) or original(t, **kw)
+        ClipScore, "_encode_texts", lambda self, p: encoded.extend(p) or original(self, p)
     )
-    metric = _metric(tiny)
+    metric = _metric(tiny, batch_size=4)
     items, samples = _pairs(3)
     images = _images(len(items))
     metric.update(images[:9], items[:9], samples[:9])
     metric.update(images[9:], items[9:], samples[9:])
-    assert sum(calls) == len(PROMPTS)
+    metric.compute()
+    assert sorted(encoded) == sorted(p for _, p, _ in PROMPTS)
 
 
 def test_adding_the_same_image_twice_is_refused(tiny):

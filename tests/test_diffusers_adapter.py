@@ -155,9 +155,11 @@ def test_if_cascade_encodes_each_prompt_once_and_shares_the_embeddings(cascade, 
     monkeypatch.setattr(stage1.text_encoder, "forward", counting_forward)
     monkeypatch.setattr(type(stage2), "__call__", spying_call)
     cascade.generate(_requests(PROMPTS))
-    # one T5 pass for the prompts and one for the empty negative prompts, for both stages
-    assert encoded == [len(PROMPTS), len(PROMPTS)]
-    assert len(seen) == 1 and seen[0].shape[0] == len(PROMPTS)
+    # one T5 pass for the prompts and one for the empty negative prompts, for both stages,
+    # each on one micro-batch of batch_size rows (3 prompts padded to 4)
+    assert cascade.batch_size == 4
+    assert encoded == [4, 4]
+    assert len(seen) == 1 and seen[0].shape[0] == 4
     settings = cascade.settings()
     assert settings["steps"] == [2, 2] and settings["guidance"] == [7.0, 4.0]
     assert settings["noise_level"] == 250
@@ -186,11 +188,43 @@ def test_same_seed_gives_identical_images_and_another_seed_differs(pipes, kind, 
     assert not torch.equal(a[0], c[0])
 
 
-@pytest.mark.parametrize("kind", ["sd", "sdxl", "if"])
+def _in_calls(gen, requests, size: int) -> torch.Tensor:
+    """``gen``'s images for ``requests`` asked for ``size`` at a time (the runner's batch size)."""
+    return torch.cat([gen.generate(requests[i : i + size]) for i in range(0, len(requests), size)])
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "pixart", "if"])
 def test_images_do_not_depend_on_batch_size(pipes, kind):
-    one = _make(pipes, kind, batch_size=1).generate(_requests(PROMPTS, seed0=3))
-    three = _make(pipes, kind, batch_size=3).generate(_requests(PROMPTS, seed0=3))
-    assert torch.equal(one, three)
+    # micro-batch 2: batches of 1, 3 and 5 pad the last pipeline call; 5 > the micro-batch
+    gen = _make(pipes, kind, batch_size=2)
+    reqs = _requests(PROMPTS + ["a red sphere", "a green cube on the table"], seed0=3)
+    whole = gen.generate(reqs)
+    for size in (1, 3):
+        assert torch.equal(_in_calls(gen, reqs, size), whole), f"batch size {size}"
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "if"])
+def test_composed_images_do_not_depend_on_batch_size(pipes, kind):
+    gen = _make(pipes, kind, batch_size=2)
+    prompts = ["a red cube AND fog:0.5", "a blue sphere NOT fog", "a green cone AND a red cube"]
+    reqs = _requests(prompts, seed0=9)
+    assert torch.equal(_in_calls(gen, reqs, 1), gen.generate(reqs))
+
+
+def test_every_pipeline_call_has_the_micro_batch_size_and_it_is_fingerprinted(pipes, monkeypatch):
+    gen = _make(pipes, "sd", batch_size=2)
+    assert gen.settings()["batch_size"] == 2
+    assert gen.fingerprint() != _make(pipes, "sd", batch_size=4).fingerprint()
+    sizes: list[int] = []
+    call = type(gen.pipe).__call__
+
+    def spy(self, *args, **kwargs):
+        sizes.append(len(kwargs["prompt"]))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(gen.pipe), "__call__", spy)
+    assert gen.generate(_requests(PROMPTS)).shape[0] == 3
+    assert sizes == [2, 2]  # 3 images: one full call and one padded
 
 
 # --------------------------------------------------------------------------- safety, errors

@@ -100,6 +100,28 @@ def test_kid_is_near_zero_on_identical_sets_and_positive_on_different_sets(weigh
     assert noisy_metric.compute().value == different.value
 
 
+def test_kid_does_not_depend_on_batch_size(weights_cache):
+    # 10 images over micro-batches of 4 (tests/conftest.py); runner batches of 1, 3 and 10
+    reference = smooth_images(10, seed=0)
+    ctx = context(ArraySuite(ArrayReferenceSet(reference)), weights_cache, seed=5)
+    generated = add_noise(reference, 30.0, seed=2)
+    first, *others = [
+        run(make_kid({"subsets": 5}, ctx), generated, batch_size=size) for size in (10, 1, 3)
+    ]
+    assert all(r.value == first.value and r.values == first.values for r in others)
+
+
+def test_inception_score_does_not_depend_on_batch_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights_mod, "find_fid_helper_weights", lambda: None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    ctx = context(ArraySuite(None), tmp_path / "cache", seed=9, allow_random=True)
+    images = smooth_images(6, seed=1)
+    first, *others = [
+        run(make_inception_score({"splits": 2}, ctx), images, batch_size=size) for size in (6, 1, 5)
+    ]
+    assert all(r.value == first.value and r.values == first.values for r in others)
+
+
 def test_kid_without_reference_set_raises_usage_error_naming_the_suite(weights_cache):
     with pytest.raises(UsageError, match="'bare-suite'"):
         make_kid({}, context(ArraySuite(None, name="bare-suite"), weights_cache))

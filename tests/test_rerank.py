@@ -153,6 +153,39 @@ def test_scoring_batch_size_chooses_the_same_candidates(tmp_path):
     ]
 
 
+def test_imagen_candidates_and_scores_do_not_depend_on_batch_size(tmp_path):
+    # a real network inside (tiny random Imagen): requests in calls of 1, 3 and 5 (all), and
+    # candidate chunks of 2 (the last one of 3 candidates padded for CLIP)
+    gen = build(
+        tmp_path,
+        model="imagen",
+        model_opts={"random": "tiny", "steps": 2},
+        n=3,
+        batch_size=2,
+    )
+    reqs = requests(5)
+    whole = gen.generate(reqs)
+    selection = gen.last_selection
+    for size in (1, 3):
+        parts, chosen = [], []
+        for i in range(0, len(reqs), size):
+            parts.append(gen.generate(reqs[i : i + size]))
+            chosen += gen.last_selection
+        assert torch.equal(torch.cat(parts), whole), f"batch size {size}"
+        assert chosen == selection  # the CLIP scores too, bit for bit
+
+
+def test_clip_always_scores_full_micro_batches(tmp_path, monkeypatch):
+    gen = build(tmp_path, n=5, batch_size=2)
+    rows: list[int] = []
+    original = gen.clip_model.encode_image
+    monkeypatch.setattr(
+        gen.clip_model, "encode_image", lambda x, **kw: rows.append(len(x)) or original(x, **kw)
+    )
+    gen.generate(requests(2))
+    assert rows == [2, 2, 2] * 2  # candidates 0-1, 2-3 and 4 (padded), per request
+
+
 def test_output_is_deterministic_across_fresh_builds(tmp_path):
     reqs = requests(4)
     assert torch.equal(build(tmp_path).generate(reqs), build(tmp_path).generate(reqs))

@@ -18,7 +18,12 @@ embeddings go to both stages. ``steps``/``guidance`` then take one value per sta
 Offline first: pipelines load with ``local_files_only=True`` (a hub id must already be in the
 Hugging Face cache) unless the option ``fetch=true`` is given. Safety checkers and
 watermarkers are never loaded. Every image draws its noise from its own CPU
-``torch.Generator`` seeded with the request's seed, so images do not depend on the batch.
+``torch.Generator`` seeded with the request's seed, and every pipeline call has exactly
+``batch_size`` images (the option, default 4; the last call of a ``generate`` is padded with
+copies of its first request and the copies dropped, see :mod:`evalkit.batching`), so every
+network runs at one shape and images are bit-identical whatever the runner's batch size. On a
+CPU the pipeline uses the process's intra-op threads, so its low bits may depend on the thread
+count (recorded in the manifest); the in-repo Imagen does not have this limitation.
 
 Composable prompts (``"a red cube AND a blue sphere NOT fog:0.5"``) are sampled with
 Composable Diffusion on UNet pipelines (Stable Diffusion 1.x/2.x, SDXL, DeepFloyd IF): the
@@ -46,6 +51,7 @@ import torch.nn.functional as F
 
 import evalkit
 from evalkit.atomic import atomic_write_json
+from evalkit.batching import micro_batches, run_in_micro_batches
 from evalkit.errors import GenerationError, InputError, MissingWeightsError, UsageError
 from evalkit.generators.base import (
     GenerationRequest,
@@ -499,13 +505,16 @@ class _Composition:
     ``weights[b]`` are image ``b``'s concept weights, ``embeds`` the concepts' text states in
     order, ``pooled`` their pooled embeddings (SDXL's ``text_embeds``). With learned variance
     (DeepFloyd IF) only the first half of the output channels is combined; the variance is
-    the first concept's.
+    the first concept's. The widened rows go through the UNet in fixed-shape micro-batches of
+    ``unet_rows`` (the row count of a plain guided call), so a composed image does not depend
+    on how many concepts the other prompts of its call have.
     """
 
     weights: list[list[float]]
     embeds: torch.Tensor
     pooled: torch.Tensor | None = None
     learned_variance: bool = False
+    unet_rows: int = 2
 
     def _rows(self) -> tuple[list[int], list[int]]:
         batch, src, concept_rows = len(self.weights), [], []
@@ -526,26 +535,35 @@ class _Composition:
         src, concept_rows = self._rows()
         index = torch.tensor(src, device=sample.device)
         at = torch.tensor(concept_rows, device=sample.device)
-
-        def take(x: Any) -> Any:
-            if isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == 2 * batch:
-                return x.index_select(0, index.to(x.device))
-            if isinstance(x, dict):
-                return {k: take(v) for k, v in x.items()}
-            return x
-
         return_dict = kwargs.pop("return_dict", True)
-        states = take(kwargs.pop("encoder_hidden_states")).clone()
+        states = _take_rows(kwargs.pop("encoder_hidden_states"), index, 2 * batch).clone()
         states[at] = self.embeds.to(states)
-        kwargs = {k: take(v) for k, v in kwargs.items()}
+        kwargs = {k: _take_rows(v, index, 2 * batch) for k, v in kwargs.items()}
         if self.pooled is not None:
             added = dict(kwargs["added_cond_kwargs"])
             added["text_embeds"] = added["text_embeds"].clone()
             added["text_embeds"][at] = self.pooled.to(added["text_embeds"])
             kwargs["added_cond_kwargs"] = added
-        out = inner(
-            take(sample), take(timestep), encoder_hidden_states=states, return_dict=False, **kwargs
-        )[0]
+        sample, timestep = (
+            _take_rows(sample, index, 2 * batch),
+            _take_rows(timestep, index, 2 * batch),
+        )
+        total = len(src)
+
+        def unet(rows: torch.Tensor) -> torch.Tensor:
+            def pick(x: Any) -> Any:
+                return _take_rows(x, rows.to(sample.device), total)
+
+            chunk_kwargs = {k: pick(v) for k, v in kwargs.items()}
+            return inner(
+                pick(sample),
+                pick(timestep),
+                encoder_hidden_states=pick(states),
+                return_dict=False,
+                **chunk_kwargs,
+            )[0]
+
+        out = run_in_micro_batches(unet, torch.arange(total), size=self.unet_rows)
         n_eps = out.shape[1] // 2 if self.learned_variance else out.shape[1]
         uncond, cond, row = [], [], 0
         for ws in self.weights:
@@ -563,6 +581,15 @@ class _Composition:
         from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
         return UNet2DConditionOutput(sample=result)
+
+
+def _take_rows(x: Any, index: torch.Tensor, n: int) -> Any:
+    """Rows ``index`` of every tensor in ``x`` (a tensor, or a dict of them) that has ``n`` rows."""
+    if isinstance(x, torch.Tensor) and x.ndim > 0 and x.shape[0] == n:
+        return x.index_select(0, index.to(x.device))
+    if isinstance(x, dict):
+        return {k: _take_rows(v, index, n) for k, v in x.items()}
+    return x
 
 
 @contextlib.contextmanager
@@ -662,6 +689,8 @@ class DiffusersGenerator(Generator):
             "output_type": "np",
             "seeding": "one CPU torch.Generator per image, seeded with the request seed",
             "offload": self.offload,
+            # images per pipeline call, the last call padded: fixes the low bits of the pixels
+            "batch_size": self.batch_size,
             "native_resolution": native,
             "resize": None
             if native == target
@@ -713,12 +742,13 @@ class DiffusersGenerator(Generator):
         composed = [i for i, c in enumerate(parsed) if c is not None]
         if composed:
             self._check_composable()
-        # plain and composed prompts never share a pipeline call, so neither changes the other
+        # plain and composed prompts never share a pipeline call, so neither changes the other;
+        # every call has exactly batch_size images (the last padded with copies of its first)
         for group in (plain, composed):
-            for start in range(0, len(group), self.batch_size):
-                idx = group[start : start + self.batch_size]
+            for where, idx in micro_batches(group, self.batch_size):
                 images = self._sample([requests[i] for i in idx], [parsed[i] for i in idx])
-                out[idx] = float_to_uint8(self._resize(images), (0.0, 1.0))
+                real = images[: where.stop - where.start]
+                out[group[where]] = float_to_uint8(self._resize(real), (0.0, 1.0))
         return out
 
     def _check_composable(self) -> None:
@@ -735,7 +765,20 @@ class DiffusersGenerator(Generator):
             )
 
     def _generators(self, requests: Sequence[GenerationRequest]) -> list[torch.Generator]:
+        """One fresh generator per row (a padding copy of a request gets its own)."""
         return [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
+
+    def _encode_concepts(
+        self, encode: Any, texts: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``encode(chunk) -> (embeds, pooled or None)`` on fixed micro-batches of concept texts."""
+        embeds, pooled = [], []
+        for where, chunk in micro_batches(list(texts), self.batch_size):
+            e, p = encode(chunk)
+            embeds.append(e[: where.stop - where.start])
+            if p is not None:
+                pooled.append(p[: where.stop - where.start])
+        return torch.cat(embeds), (torch.cat(pooled) if pooled else None)
 
     def _negatives(self, n: int) -> list[str] | None:
         return None if self.negative_prompt is None else [self.negative_prompt] * n
@@ -777,19 +820,22 @@ class DiffusersGenerator(Generator):
         pipe = self.pipe
         texts = [c.text for cs in concepts for c in cs]
         device = pipe._execution_device
-        with torch.no_grad():
+
+        def encode(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
             if self.family == "sdxl":
                 embeds, _, pooled, _ = pipe.encode_prompt(
-                    prompt=texts,
+                    prompt=chunk,
                     device=device,
                     num_images_per_prompt=1,
                     do_classifier_free_guidance=False,
                 )
-            else:
-                embeds, _ = pipe.encode_prompt(texts, device, 1, False)
-                pooled = None
+                return embeds, pooled
+            return pipe.encode_prompt(chunk, device, 1, False)[0], None
+
+        with torch.no_grad():
+            embeds, pooled = self._encode_concepts(encode, texts)
         weights = [[c.weight for c in cs] for cs in concepts]
-        return _Composition(weights, embeds, pooled)
+        return _Composition(weights, embeds, pooled, unet_rows=2 * self.batch_size)
 
     def _sample_if(self, requests, concepts, generators) -> Any:
         first = self.stages[0]
@@ -808,15 +854,26 @@ class DiffusersGenerator(Generator):
             composition = None
             if concepts[0] is not None:
                 texts = [c.text for cs in concepts for c in cs]
-                concept_embeds, _ = pipe.encode_prompt(
+                concept_embeds, _ = self._encode_concepts(
+                    lambda chunk: (
+                        pipe.encode_prompt(
+                            chunk,
+                            do_classifier_free_guidance=False,
+                            num_images_per_prompt=1,
+                            device=device,
+                            clean_caption=False,
+                        )[0],
+                        None,
+                    ),
                     texts,
-                    do_classifier_free_guidance=False,
-                    num_images_per_prompt=1,
-                    device=device,
-                    clean_caption=False,
                 )
                 weights = [[c.weight for c in cs] for cs in concepts]
-                composition = _Composition(weights, concept_embeds, learned_variance=True)
+                composition = _Composition(
+                    weights,
+                    concept_embeds,
+                    learned_variance=True,
+                    unet_rows=2 * self.batch_size,
+                )
         last = len(self.stages) - 1
         images: Any = None
         for k, st in enumerate(self.stages):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import evalkit
+from evalkit.batching import single_threaded_ops
 from evalkit.cards import BUNDLED_CARDS_DIR
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.generators.base import (
@@ -253,9 +254,10 @@ class ImagenGenerator(Generator):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> torch.Tensor:
         chunks = []
-        for start in range(0, len(requests), self.batch_size):
-            images = self.sample(requests[start : start + self.batch_size]).images
-            chunks.append(float_to_uint8(self._resize(images)))
+        with single_threaded_ops(self.cascade.device):  # the resize too, on a CPU
+            for start in range(0, len(requests), self.batch_size):
+                images = self.sample(requests[start : start + self.batch_size]).images
+                chunks.append(float_to_uint8(self._resize(images)))
         if not chunks:
             r = self.context.resolution
             return torch.zeros(0, 3, r, r, dtype=torch.uint8)
@@ -278,11 +280,12 @@ class ImagenGenerator(Generator):
         names = self.stage_names()
         chunks: list[list[torch.Tensor]] = [[] for _ in names]
         latency = [0.0] * len(names)
-        for start in range(0, len(requests), self.batch_size):
-            out = self.sample(requests[start : start + self.batch_size], return_stages=True)
-            for k, images in enumerate(out.stages):
-                chunks[k].append(float_to_uint8(self._resize(images)))
-                latency[k] += out.latency_s[k]
+        with single_threaded_ops(self.cascade.device):
+            for start in range(0, len(requests), self.batch_size):
+                out = self.sample(requests[start : start + self.batch_size], return_stages=True)
+                for k, images in enumerate(out.stages):
+                    chunks[k].append(float_to_uint8(self._resize(images)))
+                    latency[k] += out.latency_s[k]
         r = self.context.resolution
         empty = torch.zeros(0, 3, r, r, dtype=torch.uint8)
         return [

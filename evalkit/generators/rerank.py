@@ -7,7 +7,10 @@ and the best one is returned (the lowest index wins an exact tie). See docs/rera
 
 Determinism: candidates are generated and scored per request, in fixed chunks of
 ``batch_size`` candidates (0..bs-1, bs..2bs-1, ...), so a request's pixels do not depend
-on which other requests share its ``generate`` call. Memory stays flat: one chunk of
+on which other requests share its ``generate`` call; the inner model runs its own networks on
+fixed-shape micro-batches, and CLIP scores every chunk as one micro-batch of exactly
+``batch_size`` images (the last chunk padded, :mod:`evalkit.batching`), with one intra-op thread
+on a CPU, so scores do not depend on the thread count either. Memory stays flat: one chunk of
 candidates plus the current best image per request are held at a time.
 """
 
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 
 from evalkit import __version__
+from evalkit.batching import run_in_micro_batches, worker_count
 from evalkit.errors import GenerationError, MissingWeightsError, UsageError
 from evalkit.generate import request_identity
 from evalkit.generators.base import GenerationRequest, Generator, GeneratorContext, check_output
@@ -157,17 +161,27 @@ class RerankGenerator(Generator):
     # ------------------------------------------------------------ scoring
 
     @torch.inference_mode()
-    def _text_features(self, prompt: str) -> torch.Tensor:
-        """Unit-norm float64 text embedding (encoded alone: a fixed batch shape)."""
-        tokens = self.tokenizer([prompt]).to(self.device)
-        feats = self.clip_model.encode_text(tokens).to("cpu", torch.float64)[0]
-        return feats / feats.norm()
+    def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_text(tokens.to(self.device)).to("cpu", torch.float64)
 
     @torch.inference_mode()
-    def _scores(self, images: torch.Tensor, text: torch.Tensor) -> list[float]:
-        """Raw cosine of each uint8 image with the unit-norm text embedding."""
+    def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         feats = self.clip_model.encode_image(self.preprocess(images.to(self.device)))
-        feats = feats.to("cpu", torch.float64)
+        return feats.to("cpu", torch.float64)
+
+    def _text_features(self, prompt: str) -> torch.Tensor:
+        """Unit-norm float64 text embedding (encoded alone: a fixed batch shape of one)."""
+        feats = run_in_micro_batches(
+            self._encode_text, self.tokenizer([prompt]), size=1, workers=worker_count(self.device)
+        )[0]
+        return feats / feats.norm()
+
+    def _scores(self, images: torch.Tensor, text: torch.Tensor) -> list[float]:
+        """Raw cosine of each uint8 image with the unit-norm text embedding; CLIP runs on
+        micro-batches of exactly ``batch_size`` images (the last chunk padded)."""
+        feats = run_in_micro_batches(
+            self._encode_images, images, size=self.batch_size, workers=worker_count(self.device)
+        )
         feats = feats / feats.norm(dim=-1, keepdim=True)
         return (feats @ text).tolist()
 

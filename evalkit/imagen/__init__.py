@@ -10,4 +10,4 @@ and never touches the network. Entry points:
 """
 
 #: Bumped whenever a change in this package can change sampled pixels (part of fingerprints).
-CODE_VERSION = "imagen-1"
+CODE_VERSION = "imagen-2"  # 2: every CPU op single-threaded (thread-count independent)

@@ -1,8 +1,11 @@
 """A cascade of diffusion stages: a base model then any number of super-resolution stages.
 
 Every image draws all of its noise (initial, augmentation, ancestral) from its own
-``torch.Generator`` seeded from (request seed, stage index), and the network runs in
-fixed-size row chunks, so an image does not depend on which others share its batch.
+``torch.Generator`` seeded from (request seed, stage index), and the network runs on
+fixed-shape micro-batches of ``forward_batch`` rows (:mod:`evalkit.batching`), so an image
+does not depend on which others share its batch. On a CPU every op of sampling runs with one
+intra-op thread and the micro-batches run concurrently, one per thread, so an image does not
+depend on the thread count either.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalkit.batching import run_in_micro_batches, single_threaded_ops, worker_count
 from evalkit.errors import UsageError
 from evalkit.imagen.composable import Concept, parse_composable
 from evalkit.imagen.configs import StageConfig, StageSampling
@@ -88,7 +92,8 @@ class _Denoiser:
         text: TextEmbedding,
         lowres,
         aug_t,
-        forward_batch,
+        forward_batch: int | None,
+        workers: int = 1,
     ):
         self.stage, self.sampling, self.plan = stage, sampling, plan
         idx = torch.tensor(plan.text, dtype=torch.long)
@@ -96,23 +101,13 @@ class _Denoiser:
         self.rows = torch.tensor(plan.sample, dtype=torch.long)
         self.lowres = lowres[self.rows.to(lowres.device)] if lowres is not None else None
         self.aug_t = aug_t[self.rows.to(aug_t.device)] if aug_t is not None else None
-        self.forward_batch = forward_batch
+        self.forward_batch, self.workers = forward_batch, workers
 
     def _forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network on fixed-shape micro-batches of ``forward_batch`` rows (None: all at once)."""
         args = [z, t, self.tokens, self.mask, self.pooled, self.lowres, self.aug_t]
-        n = len(z)
-        size = self.forward_batch or n
-        outs = []
-        for start in range(0, n, size):
-            chunk = [a[start : start + size] if a is not None else None for a in args]
-            pad = size - len(chunk[0])
-            if pad:  # fixed shapes make each row's arithmetic independent of the batch
-                chunk = [
-                    torch.cat([a, a[:1].expand(pad, *a.shape[1:])]) if a is not None else None
-                    for a in chunk
-                ]
-            outs.append(self.stage.model(*chunk)[: size - pad])
-        return torch.cat(outs)
+        size = self.forward_batch or len(z)
+        return run_in_micro_batches(self.stage.model, *args, size=size, workers=self.workers)
 
     def __call__(self, z: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows.to(z.device)
@@ -212,25 +207,26 @@ class Cascade:
         sampling = list(sampling) if sampling is not None else self.default_sampling()
         if len(sampling) != len(self.stages):
             raise UsageError(f"{len(sampling)} sampling settings for {len(self.stages)} stages")
-        groups, table, index = self._prompts(prompts, seeds, composable)
-        out = CascadeOutput(images=torch.empty(0))
-        prev = None
-        for k, (stage, s) in enumerate(zip(self.stages, sampling, strict=True)):
-            start = time.perf_counter()
-            prev = self._sample_stage(k, stage, s, groups, table, index, seeds, prev)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            out.latency_s.append(time.perf_counter() - start)
-            out.resolutions.append(stage.config.resolution)
-            if return_stages:
-                out.stages.append(prev.clamp(-1, 1).cpu())
-            if progress:
-                print(
-                    f"imagen: stage {stage.config.name} ({stage.config.resolution}px) {out.latency_s[-1]:.2f}s",
-                    file=sys.stderr,
-                )
-        out.images = prev.clamp(-1, 1).cpu()
-        return out
+        with single_threaded_ops(self.device):  # one intra-op thread per op on a CPU
+            groups, table, index = self._prompts(prompts, seeds, composable)
+            out = CascadeOutput(images=torch.empty(0))
+            prev = None
+            for k, (stage, s) in enumerate(zip(self.stages, sampling, strict=True)):
+                start = time.perf_counter()
+                prev = self._sample_stage(k, stage, s, groups, table, index, seeds, prev)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                out.latency_s.append(time.perf_counter() - start)
+                out.resolutions.append(stage.config.resolution)
+                if return_stages:
+                    out.stages.append(prev.clamp(-1, 1).cpu())
+                if progress:
+                    print(
+                        f"imagen: stage {stage.config.name} ({stage.config.resolution}px) {out.latency_s[-1]:.2f}s",
+                        file=sys.stderr,
+                    )
+            out.images = prev.clamp(-1, 1).cpu()
+            return out
 
     @torch.no_grad()
     def sample_stage(
@@ -252,19 +248,24 @@ class Cascade:
             raise UsageError(f"stage {k} does not exist; the cascade has {len(self.stages)}")
         stage = self.stages[k]
         cfg = stage.config
-        groups, table, index = self._prompts(prompts, seeds, composable)
-        if cfg.is_sr:
-            want = (len(seeds), cfg.model.out_channels, cfg.low_res, cfg.low_res)
-            if lowres is None or tuple(lowres.shape) != want:
-                got = None if lowres is None else tuple(lowres.shape)
-                raise UsageError(f"stage {cfg.name!r} needs lowres images shaped {want}, got {got}")
-            lowres = lowres.to(self.device, torch.float32)
-        elif lowres is not None:
-            raise UsageError(f"stage {cfg.name!r} is a base stage; it takes no lowres images")
-        s = sampling or cfg.sampling
-        return (
-            self._sample_stage(k, stage, s, groups, table, index, seeds, lowres).clamp(-1, 1).cpu()
-        )
+        with single_threaded_ops(self.device):
+            groups, table, index = self._prompts(prompts, seeds, composable)
+            if cfg.is_sr:
+                want = (len(seeds), cfg.model.out_channels, cfg.low_res, cfg.low_res)
+                if lowres is None or tuple(lowres.shape) != want:
+                    got = None if lowres is None else tuple(lowres.shape)
+                    raise UsageError(
+                        f"stage {cfg.name!r} needs lowres images shaped {want}, got {got}"
+                    )
+                lowres = lowres.to(self.device, torch.float32)
+            elif lowres is not None:
+                raise UsageError(f"stage {cfg.name!r} is a base stage; it takes no lowres images")
+            s = sampling or cfg.sampling
+            return (
+                self._sample_stage(k, stage, s, groups, table, index, seeds, lowres)
+                .clamp(-1, 1)
+                .cpu()
+            )
 
     def _sample_stage(self, k, stage, s, groups, table, index, seeds, prev):
         cfg = stage.config
@@ -280,7 +281,8 @@ class Cascade:
                 lowres, aug_t, per_sample_randn(gens, lowres.shape[1:], self.device), stage.schedule
             )
         plan = plan_rows([[(index[c.text], c.weight * s.guidance) for c in g] for g in groups])
-        denoise = _Denoiser(stage, s, plan, table, lowres, aug_t, self.forward_batch)
+        workers = worker_count(self.device)  # micro-batches at once (the held count inside sample)
+        denoise = _Denoiser(stage, s, plan, table, lowres, aug_t, self.forward_batch, workers)
         ts = time_grid(s.steps)
 
         def noise(i: int) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 ``encoder.encode(prompts) -> TextEmbedding(tokens (B, L, D), mask (B, L) bool, pooled (B, D))``.
 Every prompt is encoded on its own and padded to the encoder's fixed ``max_length``,
-so an embedding never depends on which other prompts share its batch (and a cached
-embedding equals a fresh one bit for bit). Nothing here touches the network at import;
+with one intra-op thread on a CPU, so an embedding never depends on which other prompts
+share its batch nor on the thread count (and a cached embedding equals a fresh one bit for
+bit). Nothing here touches the network at import;
 transformers is imported only when a transformers-backed encoder is built.
 """
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from evalkit.atomic import atomic_write_bytes, canonical_json
+from evalkit.batching import single_threaded_ops
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 
 
@@ -47,6 +49,10 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (tokens * m).sum(-2) / m.sum(-2).clamp_min(1.0)
 
 
+#: Bumped when the way an embedding is computed changes its bits (2: one intra-op thread).
+EMBEDDING_VERSION = 2
+
+
 class EmbeddingCache:
     """In-memory LRU of per-prompt embeddings, optionally backed by safetensors files on disk."""
 
@@ -57,7 +63,7 @@ class EmbeddingCache:
 
     def _path(self, encoder_id: str, prompt: str) -> Path:
         assert self.cache_dir is not None
-        enc = hashlib.sha256(encoder_id.encode()).hexdigest()[:16]
+        enc = hashlib.sha256(f"{encoder_id}|v{EMBEDDING_VERSION}".encode()).hexdigest()[:16]
         key = hashlib.sha256(prompt.encode()).hexdigest()
         return self.cache_dir / "imagen-text" / enc / key[:2] / f"{key}.safetensors"
 
@@ -147,7 +153,9 @@ class TextEncoder(nn.Module, ABC):
         for p in prompts:
             item = self.cache.get(self.id, p)
             if item is None:
-                with torch.no_grad():
+                device = next(iter(self.parameters()), torch.empty(0)).device
+                # one intra-op thread: the embedding does not depend on the CPU thread count
+                with torch.no_grad(), single_threaded_ops(device):
                     item = self._encode_one(p)
                 item = _Encoded(
                     item.tokens.detach().float().cpu(),

@@ -10,6 +10,13 @@ reported beside it (see docs/metrics-clip.md):
 - ``hessel_clipscore``: mean over images of 2.5 × max(cos, 0) (Hessel et al. 2021).
 
 State is per prompt (running sums and one cached text embedding), never per image.
+
+The networks run on fixed-shape micro-batches of ``batch_size`` (default 32, independent of
+the run's ``--metric-batch-size``; :mod:`evalkit.batching`): images are buffered until complete
+micro-batches are available, so micro-batch ``j`` always holds images ``32j … 32j+31`` of the
+stream whatever the update split, and the prompts first seen in it are encoded together in one
+padded micro-batch. Per-prompt scores are therefore bit-identical for any batch size and update
+split (and, on a CPU, any thread count: each micro-batch runs with one intra-op thread).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import torch
 
+from evalkit.batching import RowBuffer, map_one_thread, pad_rows, run_in_micro_batches, worker_count
 from evalkit.errors import InputError, UsageError
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.bootstrap import DEFAULT_RESAMPLES, summarize
@@ -35,6 +43,8 @@ from evalkit.suites.base import Item
 
 OPTIONS = ("model", "pretrained", "weights_path", "batch_size")
 HESSEL_W = 2.5
+#: images (and prompts) per CLIP forward pass; fixes the low bits, recorded in the manifest
+DEFAULT_BATCH_SIZE = 32
 
 SCALE_NOTES = {
     "value": "raw cosine cos(E_I, E_T) in [-1, 1]; mean over a prompt's images, then over prompts (Imagen, Muse)",
@@ -51,9 +61,10 @@ class _PromptState:
 
     prompt: str
     category: str | None
-    #: raw float32 embedding (half the memory of float64; normalised in float64 when used)
-    text_features: torch.Tensor
     truncated: bool
+    #: raw float32 embedding (half the memory of float64; normalised in float64 when used);
+    #: None until the first micro-batch holding one of the prompt's images is scored
+    text_features: torch.Tensor | None = None
     cos_sum: float = 0.0
     hessel_sum: float = 0.0
     samples: set[int] = field(default_factory=set)
@@ -80,20 +91,22 @@ class ClipScore(Metric):
         info: ClipInfo,
         *,
         device: str = "cpu",
-        batch_size: int = 64,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         seed: int = 0,
         n_resamples: int = DEFAULT_RESAMPLES,
     ) -> None:
-        if batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"clip_score: batch_size must be a positive integer, got {batch_size}")
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.seed = seed
         self.n_resamples = n_resamples
+        self._workers = worker_count(device)
+        self._pending = RowBuffer(batch_size, self._score, release=batch_size * self._workers)
         self._prompts: dict[str, _PromptState] = {}
         self._num_images = 0
         self._cos_total = 0.0
@@ -104,53 +117,84 @@ class ClipScore(Metric):
 
     @torch.inference_mode()
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm float64 image embeddings, in chunks of ``batch_size``."""
-        out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start : start + self.batch_size].to(self.device)
-            feats = self.model.encode_image(self.preprocess(chunk))
-            out.append(feats.to("cpu", torch.float64))
-        feats = torch.cat(out)
-        return feats / feats.norm(dim=-1, keepdim=True)
+        """Raw float64 image embeddings of exactly ``batch_size`` uint8 images (one micro-batch)."""
+        feats = self.model.encode_image(self.preprocess(images.to(self.device)))
+        return feats.to("cpu", torch.float64)
 
     @torch.inference_mode()
     def _encode_texts(self, prompts: list[str]) -> torch.Tensor:
-        """Raw float32 text embeddings on the CPU (the tokenizer truncates at its context length)."""
-        out = []
-        for start in range(0, len(prompts), self.batch_size):
-            tokens = self.tokenizer(prompts[start : start + self.batch_size]).to(self.device)
-            out.append(self.model.encode_text(tokens).to("cpu", torch.float32))
-        return torch.cat(out)
+        """Raw float32 text embeddings of up to ``batch_size`` prompts, run as one padded
+        micro-batch (the tokenizer truncates at its context length)."""
+        tokens = self.tokenizer(pad_rows(prompts, self.batch_size)).to(self.device)
+        return self.model.encode_text(tokens).to("cpu", torch.float32)[: len(prompts)]
 
     def _is_truncated(self, prompt: str) -> bool:
         n = count_tokens(self.tokenizer, prompt)
         return n is not None and n > self.info.context_length
 
-    def _add_prompts(self, items: Sequence[Item]) -> None:
-        """Encode and cache the prompts not seen before in this run."""
-        new: dict[str, Item] = {}
-        for item in items:
-            state = self._prompts.get(item.id) or new.get(item.id)
-            if state is not None and state.prompt != item.prompt:
+    def _register(self, items: Sequence[Item], sample_indices: Sequence[int]) -> None:
+        """Check the batch against everything added before and record its prompts and samples."""
+        batch: set[tuple[str, int]] = set()
+        prompts: dict[str, str] = {}
+        for item, k in zip(items, sample_indices, strict=True):
+            state = self._prompts.get(item.id)
+            known = state.prompt if state is not None else prompts.setdefault(item.id, item.prompt)
+            if known != item.prompt:
                 raise InputError(f"clip_score: item {item.id!r} came with two different prompts")
+            if (item.id, int(k)) in batch or (state is not None and int(k) in state.samples):
+                raise InputError(f"clip_score: image {k} of item {item.id!r} was added twice")
+            batch.add((item.id, int(k)))
+        for item, k in zip(items, sample_indices, strict=True):
+            state = self._prompts.get(item.id)
             if state is None:
-                new.setdefault(item.id, item)
-        if not new:
-            return
-        ids = list(new)
-        feats = self._encode_texts([new[i].prompt for i in ids])
-        for i, f in zip(ids, feats, strict=True):
-            item = new[i]
-            truncated = self._is_truncated(item.prompt)
-            if truncated and not self._warned_truncation:
-                print(
-                    f"warning: clip_score: prompt of item {item.id!r} is longer than CLIP's "
-                    f"{self.info.context_length}-token context and was truncated "
-                    "(further truncations are counted in the manifest, not reported)",
-                    file=sys.stderr,
+                state = self._prompts[item.id] = _PromptState(
+                    item.prompt, item.category, self._is_truncated(item.prompt)
                 )
-                self._warned_truncation = True
-            self._prompts[i] = _PromptState(item.prompt, item.category, f.clone(), truncated)
+                if state.truncated and not self._warned_truncation:
+                    print(
+                        f"warning: clip_score: prompt of item {item.id!r} is longer than CLIP's "
+                        f"{self.info.context_length}-token context and was truncated "
+                        "(further truncations are counted in the manifest, not reported)",
+                        file=sys.stderr,
+                    )
+                    self._warned_truncation = True
+            state.samples.add(int(k))
+
+    def _score(self, images: torch.Tensor, item_ids: list[str]) -> None:
+        """Score buffered images (complete micro-batches, or the final flush) into the sums."""
+        new_per_chunk: list[list[str]] = []
+        assigned: set[str] = set()
+        for start in range(0, len(item_ids), self.batch_size):
+            new = []
+            for i in item_ids[start : start + self.batch_size]:
+                if self._prompts[i].text_features is None and i not in assigned:
+                    assigned.add(i)
+                    new.append(i)
+            if new:
+                new_per_chunk.append(new)
+        texts = map_one_thread(
+            self._encode_texts,
+            [([self._prompts[i].prompt for i in ids],) for ids in new_per_chunk],
+            self._workers,
+        )
+        for ids, feats in zip(new_per_chunk, texts, strict=True):
+            for i, f in zip(ids, feats, strict=True):
+                self._prompts[i].text_features = f.clone()
+        feats = run_in_micro_batches(
+            self._encode_images, images, size=self.batch_size, workers=self._workers
+        )
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        text = torch.stack([self._prompts[i].text_features for i in item_ids]).to(torch.float64)
+        text = text / text.norm(dim=-1, keepdim=True)
+        cos = (feats * text).sum(-1)
+        for i, c in zip(item_ids, cos.tolist(), strict=True):
+            state = self._prompts[i]
+            hessel = HESSEL_W * max(c, 0.0)
+            state.cos_sum += c
+            state.hessel_sum += hessel
+            self._cos_total += c
+            self._hessel_total += hessel
+            self._num_images += 1
 
     # ------------------------------------------------------------ Metric API
 
@@ -174,28 +218,12 @@ class ClipScore(Metric):
             )
         if images.shape[0] == 0:
             return
-        batch: set[tuple[str, int]] = set()
-        for item, k in zip(items, sample_indices, strict=True):
-            state = self._prompts.get(item.id)
-            if (item.id, int(k)) in batch or (state is not None and int(k) in state.samples):
-                raise InputError(f"clip_score: image {k} of item {item.id!r} was added twice")
-            batch.add((item.id, int(k)))
-        self._add_prompts(items)
-        text = torch.stack([self._prompts[i.id].text_features for i in items]).to(torch.float64)
-        text = text / text.norm(dim=-1, keepdim=True)
-        cos = (self._encode_images(images) * text).sum(-1)
-        for item, k, c in zip(items, sample_indices, cos.tolist(), strict=True):
-            state = self._prompts[item.id]
-            state.samples.add(int(k))
-            hessel = HESSEL_W * max(c, 0.0)
-            state.cos_sum += c
-            state.hessel_sum += hessel
-            self._cos_total += c
-            self._hessel_total += hessel
-            self._num_images += 1
+        self._register(items, sample_indices)
+        self._pending.add(images.cpu(), [item.id for item in items])
 
     def compute(self) -> MetricResult:
         """Mean raw cosine over prompts, with its bootstrap interval and the other scales."""
+        self._pending.flush()
         scored = {i: s for i, s in self._prompts.items() if s.samples}
         if not scored:
             raise InputError("clip_score: no images were scored")
@@ -236,6 +264,8 @@ class ClipScore(Metric):
             f"95% percentile bootstrap over prompts ({self.n_resamples} resamples)",
             "seed": self.seed,
             "preprocessing": self.preprocess.recipe(),
+            # images (and prompts) per forward pass, the last padded: fixes the low bits
+            "batch_size": self.batch_size,
             "context_length": self.info.context_length,
             "num_images": self._num_images,
             "num_prompts": len(scored),
@@ -274,6 +304,6 @@ def make_clip_score(options: dict[str, Any], context: MetricContext) -> ClipScor
         tokenizer,
         info,
         device=context.device,
-        batch_size=_batch_size(options.get("batch_size", context.batch_size)),
+        batch_size=_batch_size(options.get("batch_size", DEFAULT_BATCH_SIZE)),
         seed=context.seed,
     )

@@ -24,6 +24,7 @@ from evalkit.metrics.inception import (
     InceptionExtractor,
     as_image_batch,
     check_options,
+    feature_buffer,
     library_versions,
 )
 from evalkit.metrics.refstats import (
@@ -54,6 +55,13 @@ def make_fid(options: dict[str, Any], context: MetricContext) -> FrechetInceptio
     return FrechetInceptionDistance(context, **opts)
 
 
+def update_per_micro_batch(stats: FeatureStats, features: np.ndarray, size: int) -> None:
+    """Add features ``size`` rows (one extractor micro-batch) at a time, so the float64 running
+    sums see the same partial sums in the same order however the images were batched."""
+    for start in range(0, len(features), size):
+        stats.update(features[start : start + size])
+
+
 def reference_stats(
     context: MetricContext, extractor: InceptionExtractor, *, metric: str = "fid"
 ) -> tuple[FeatureStats, dict[str, Any]]:
@@ -61,7 +69,7 @@ def reference_stats(
     ref = reference_set_or_raise(context, metric)
     identity = ref.identity()
     weights = extractor.weights
-    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3)
+    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3, extractor.batch_size)
     path = refstats_dir(context.cache_dir) / f"{key}.npz"
     info = {"origin": "cache", "path": str(path), "key": key, "identity": identity}
     if path.is_file():
@@ -70,8 +78,13 @@ def reference_stats(
         )
         return stats, info
     stats = FeatureStats(FEATURE_DIM)
+    buffer = feature_buffer(
+        lambda rows, _: update_per_micro_batch(stats, extractor(rows)[POOL3], extractor.batch_size),
+        context.device,
+    )
     for batch in iter_reference_images(ref, context.batch_size, f"{metric}: reference statistics"):
-        stats.update(extractor(batch)[POOL3])
+        buffer.add(batch)
+    buffer.flush()
     if stats.n < 2:
         raise InputError(
             f"reference set {identity.get('name', identity)} has {stats.n} images; FID needs 2+"
@@ -84,6 +97,7 @@ def reference_stats(
         "weights_sha256": weights.sha256,
         "weights_source": weights.source,
         "extractor": extractor.describe()["extractor"],
+        "batch_size": extractor.batch_size,
     }
     stats.save(path, header)
     info["origin"] = "computed"
@@ -133,6 +147,7 @@ class FrechetInceptionDistance(Metric):
         self._stats = FeatureStats(FEATURE_DIM)
         self._spill = FeatureSpill(FEATURE_DIM, prefix="fid") if bootstrap else None
         self._ref: tuple[FeatureStats, dict[str, Any]] | None = None
+        self._pending = feature_buffer(self._add_features, context.device)
 
     @property
     def extractor(self) -> InceptionExtractor:
@@ -150,10 +165,12 @@ class FrechetInceptionDistance(Metric):
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images."""
-        batch = as_image_batch(images, "fid: generated images")
-        features = self.extractor(batch)[POOL3]
-        self._stats.update(features)
+        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
+        self._pending.add(as_image_batch(images, "fid: generated images"))
+
+    def _add_features(self, images: torch.Tensor, _: list[Any]) -> None:
+        features = self.extractor(images)[POOL3]
+        update_per_micro_batch(self._stats, features, self.extractor.batch_size)
         if self._spill is not None:
             self._spill.append(features)
 
@@ -164,6 +181,7 @@ class FrechetInceptionDistance(Metric):
 
     def compute(self) -> MetricResult:
         """FID (and its bootstrap interval when asked) over everything added so far."""
+        self._pending.flush()
         n = self._stats.n
         if n < 2:
             raise InputError(f"FID needs at least 2 generated images, got {n}")

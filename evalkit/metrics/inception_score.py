@@ -22,6 +22,7 @@ from evalkit.metrics.inception import (
     InceptionExtractor,
     as_image_batch,
     check_options,
+    feature_buffer,
     library_versions,
 )
 from evalkit.metrics.refstats import FeatureSpill
@@ -91,6 +92,9 @@ class InceptionScore(Metric):
         )
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(NUM_CLASSES, prefix="is")
+        self._pending = feature_buffer(
+            lambda rows, _: self._spill.append(self.extractor(rows)[LOGITS]), context.device
+        )
 
     @property
     def extractor(self) -> InceptionExtractor:
@@ -104,12 +108,12 @@ class InceptionScore(Metric):
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images."""
-        batch = as_image_batch(images, "is: generated images")
-        self._spill.append(self.extractor(batch)[LOGITS])
+        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
+        self._pending.add(as_image_batch(images, "is: generated images"))
 
     def compute(self) -> MetricResult:
         """Mean (value) and standard deviation (values["is_std"]) over the splits."""
+        self._pending.flush()
         logits = self._spill.array()
         if logits.shape[0] < self.splits:
             raise InputError(

@@ -22,6 +22,7 @@ from evalkit.metrics.inception import (
     InceptionExtractor,
     as_image_batch,
     check_options,
+    feature_buffer,
     library_versions,
 )
 from evalkit.metrics.refstats import (
@@ -115,7 +116,7 @@ def reference_features(
     ref = reference_set_or_raise(context, metric)
     identity = ref.identity()
     weights = extractor.weights
-    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3)
+    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3, extractor.batch_size)
     path = refstats_dir(context.cache_dir) / f"{key}.features.npy"
     info = {"origin": "cache", "path": str(path), "key": key, "identity": identity}
     check = {"weights_sha256": weights.sha256, "resize": extractor.resize, "feature_layer": POOL3}
@@ -124,15 +125,20 @@ def reference_features(
         return features, info
     spill = FeatureSpill(FEATURE_DIM, prefix="kid-reference")
     try:
+        buffer = feature_buffer(
+            lambda rows, _: spill.append(extractor(rows)[POOL3]), context.device
+        )
         for batch in iter_reference_images(
             ref, context.batch_size, f"{metric}: reference features"
         ):
-            spill.append(extractor(batch)[POOL3])
+            buffer.add(batch)
+        buffer.flush()
         header = {
             "key": key,
             "reference_identity": identity,
             "weights_source": weights.source,
             "extractor": extractor.describe()["extractor"],
+            "batch_size": extractor.batch_size,
             **check,
         }
         save_features(path, spill.array(), header)
@@ -180,6 +186,9 @@ class KernelInceptionDistance(Metric):
         )
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(FEATURE_DIM, prefix="kid")
+        self._pending = feature_buffer(
+            lambda rows, _: self._spill.append(self.extractor(rows)[POOL3]), context.device
+        )
 
     @property
     def extractor(self) -> InceptionExtractor:
@@ -197,12 +206,12 @@ class KernelInceptionDistance(Metric):
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images."""
-        batch = as_image_batch(images, "kid: generated images")
-        self._spill.append(self.extractor(batch)[POOL3])
+        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
+        self._pending.add(as_image_batch(images, "kid: generated images"))
 
     def compute(self) -> MetricResult:
         """Mean (value) and standard deviation (values["kid_std"]) of the subset MMD²s."""
+        self._pending.flush()
         generated = self._spill.array()
         if generated.shape[0] < 2:
             raise InputError(f"KID needs at least 2 generated images, got {generated.shape[0]}")

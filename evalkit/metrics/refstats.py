@@ -193,15 +193,21 @@ class FeatureSpill:
 
 
 def refstats_key(
-    identity: dict[str, Any], resize: str, weights_sha256: str, feature_layer: str
+    identity: dict[str, Any],
+    resize: str,
+    weights_sha256: str,
+    feature_layer: str,
+    batch_size: int,
 ) -> str:
-    """sha256 of everything the reference statistics depend on."""
+    """sha256 of everything the reference statistics depend on (``batch_size``: the
+    extractor's micro-batch, which fixes the low bits)."""
     return sha256_json(
         {
             "reference": identity,
             "resize": resize,
             "weights_sha256": weights_sha256,
             "feature_layer": feature_layer,
+            "batch_size": batch_size,
             "format_version": FORMAT_VERSION,
         }
     )
