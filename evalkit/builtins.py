@@ -97,6 +97,26 @@ METRICS.register(
     description="Inception Score (seeded splits)",
 )
 METRICS.register(
+    "prc",
+    "evalkit.metrics.feature_sets:make_prc",
+    description="precision (value) and recall, k=3, VGG16 features (Kynkäänniemi et al. 2019)",
+)
+METRICS.register(
+    "density_coverage",
+    "evalkit.metrics.feature_sets:make_density_coverage",
+    description="coverage (value) and density, k=5, VGG16 features (Naeem et al. 2020)",
+)
+METRICS.register(
+    "cmmd",
+    "evalkit.metrics.feature_sets:make_cmmd",
+    description="CMMD: RBF MMD on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
+)
+METRICS.register(
+    "fd_dinov2",
+    "evalkit.metrics.feature_sets:make_fd_dinov2",
+    description="Frechet distance on DINOv2 ViT-L/14 features (Stein et al. 2023)",
+)
+METRICS.register(
     "clip_score",
     "evalkit.metrics.clip_score:make_clip_score",
     description="CLIP score with open_clip (raw cosine and x100)",

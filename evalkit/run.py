@@ -29,6 +29,7 @@ from evalkit.distributed import (
 )
 from evalkit.environment import environment
 from evalkit.errors import EvalkitError, UsageError
+from evalkit.features.store import RunFeatures
 from evalkit.generate import (
     PlannedImage,
     cascade_stages,
@@ -94,7 +95,7 @@ class RunPlan:
     planned: list[PlannedImage]
     stages: list[tuple[str, int]]
     metric_context: MetricContext
-    #: the metrics, built and prepared (weights loaded, reference statistics ready); rank 0 only
+    #: the metrics, built (weights loaded); on rank 0 also prepared (reference statistics ready)
     metrics: dict[str, Metric]
     device: str
     world_size: int
@@ -236,6 +237,24 @@ def compute_metrics(
     return results, seconds
 
 
+def extract_features(
+    plan: RunPlan, planned: Sequence[PlannedImage], cache: ImageCache, options: RunOptions
+) -> None:
+    """Run every extractor the metrics need over ``planned`` into the feature store (no scoring)."""
+    extractors = [e for metric in plan.metrics.values() for e in metric.extractors()]
+    if not extractors:
+        return
+    provider = plan.metric_context.features
+    size = options.metric_batch_size
+    for start in range(0, len(planned), size):
+        batch = planned[start : start + size]
+        arrays = [cache.load(p.key, plan.spec.resolution) for p in batch]
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        for extractor in extractors:
+            provider.extract(extractor, images)
+    provider.flush()
+
+
 def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) -> RunPlan:
     """Check everything that can be checked before generation, and plan the run.
 
@@ -267,9 +286,8 @@ def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) ->
         allow_random_weights=options.allow_random_weights,
         num_images=len(planned),
     )
-    metrics: dict[str, Metric] = {}
+    metrics = build_metrics(spec, metric_context)  # every rank: ranks extract their own features
     if info.is_main:
-        metrics = build_metrics(spec, metric_context)
         for metric in metrics.values():
             metric.prepare()
     return RunPlan(
@@ -339,6 +357,8 @@ def execute(spec: RunSpec, options: RunOptions) -> Path | RunPlan | None:
             per_stage=bool(plan.stages),
         )
         generate_s = time.perf_counter() - t_gen
+        if info.enabled:  # each rank extracts its own shard's features into the shared store
+            extract_features(plan, shard(plan.planned, info), cache, options)
         own = gen_stats.stage_latency_s or [0.0] * len(plan.stages)
         totals = all_reduce_sum(
             [float(gen_stats.generated), float(len(gen_stats.untrusted)), *own], info, device
@@ -382,6 +402,9 @@ def _score_and_write(
         link_into(stage_images_dir(run_dir, name), [p.at_stage(k) for p in planned], cache)
     write_samples(run_dir, planned, cache, plan.generator)
 
+    provider = plan.metric_context.features
+    recorder = RunFeatures(run_dir / "features")
+    provider.record(recorder)
     metric_results, metric_seconds = compute_metrics(
         plan.metrics,
         planned,
@@ -390,6 +413,13 @@ def _score_and_write(
         options.metric_batch_size,
         options.show_progress,
     )
+    provider.record(None)
+    provider.flush()
+    recorder.write()
+    features = {
+        key: {"computed": c.computed, "from_store": c.from_store}
+        for key, c in provider.counts.items()
+    }
     stage_entries = None
     if plan.stages:
         stage_entries = []
@@ -431,6 +461,7 @@ def _score_and_write(
         world_size=plan.world_size,
         stages=stage_entries,
     )
+    results["manifest"]["features"] = features
     write_outputs(run_dir, results, write_report=options.write_report)
     return run_dir
 

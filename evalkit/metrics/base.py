@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from evalkit.features.base import FeatureExtractor
+from evalkit.features.store import FeatureProvider, FeatureStore
 from evalkit.suites.base import Item, Suite
 
 
@@ -30,6 +32,13 @@ class MetricContext:
     allow_random_weights: bool = False
     #: number of generated images the metric will see (for progress and sanity checks)
     num_images: int | None = None
+    #: the run's shared features (one network pass per image for every metric); by default a
+    #: provider over ``<cache_dir>/features``
+    features: FeatureProvider = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.features is None:
+            self.features = FeatureProvider(FeatureStore(Path(self.cache_dir) / "features"))
 
 
 @dataclass
@@ -72,6 +81,12 @@ class Metric(ABC):
         reference image stops the run in minutes, not after hours of generation. The
         default does nothing.
         """
+
+    def extractors(self) -> list[FeatureExtractor]:
+        """The feature extractors this metric runs on the generated images (through
+        ``context.features``); the runner uses them to extract features ahead (torchrun ranks
+        extract their own shard). Metrics that read pixels directly return none."""
+        return []
 
     @abstractmethod
     def update(

@@ -18,13 +18,13 @@ import torch
 
 from evalkit.errors import InputError, UsageError
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
-from evalkit.metrics.frechet import frechet_distance, psd_factor
+from evalkit.metrics.frechet import frechet_distance, frechet_distance_infinity, psd_factor
 from evalkit.metrics.inception import (
     POOL3,
     InceptionExtractor,
-    as_image_batch,
     check_options,
-    feature_buffer,
+    feature_stream,
+    inception_features,
     library_versions,
 )
 from evalkit.metrics.refstats import (
@@ -38,6 +38,7 @@ from evalkit.metrics.refstats import (
     weighted_moments,
 )
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.options import as_bool
 from evalkit.suites.base import Item
 
 FEATURE_DIM = 2048
@@ -46,20 +47,15 @@ FID_DEFAULTS: dict[str, Any] = {
     "resize": "tf1",
     "ref_stats": None,
     "bootstrap": 0,
+    "fid_inf": False,
 }
 
 
 def make_fid(options: dict[str, Any], context: MetricContext) -> FrechetInceptionDistance:
-    """Registry factory. Options: weights_path, resize ("tf1"|"clean"), ref_stats (.npz), bootstrap (int)."""
+    """Registry factory. Options: weights_path, resize ("tf1"|"clean"), ref_stats (.npz), bootstrap
+    (int), fid_inf (bool: also FD-infinity)."""
     opts = check_options(options, FID_DEFAULTS, "fid")
     return FrechetInceptionDistance(context, **opts)
-
-
-def update_per_micro_batch(stats: FeatureStats, features: np.ndarray, size: int) -> None:
-    """Add features ``size`` rows (one extractor micro-batch) at a time, so the float64 running
-    sums see the same partial sums in the same order however the images were batched."""
-    for start in range(0, len(features), size):
-        stats.update(features[start : start + size])
 
 
 def reference_stats(
@@ -78,13 +74,11 @@ def reference_stats(
         )
         return stats, info
     stats = FeatureStats(FEATURE_DIM)
-    buffer = feature_buffer(
-        lambda rows, _: update_per_micro_batch(stats, extractor(rows)[POOL3], extractor.batch_size),
-        context.device,
-    )
+    stream = feature_stream(stats.update)
     for batch in iter_reference_images(ref, context.batch_size, f"{metric}: reference statistics"):
-        buffer.add(batch)
-    buffer.flush()
+        stream.add(inception_features(context, extractor, batch, POOL3, "reference images"))
+    stream.flush()
+    context.features.flush()
     if stats.n < 2:
         raise InputError(
             f"reference set {identity.get('name', identity)} has {stats.n} images; FID needs 2+"
@@ -117,6 +111,7 @@ class FrechetInceptionDistance(Metric):
         resize: str = "tf1",
         ref_stats: str | Path | None = None,
         bootstrap: int = 0,
+        fid_inf: bool = False,
     ) -> None:
         if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
             raise UsageError(
@@ -125,6 +120,7 @@ class FrechetInceptionDistance(Metric):
         self.context = context
         self.resize = resize
         self.bootstrap = bootstrap
+        self.fid_inf = as_bool(fid_inf, "fid_inf", "metric 'fid'")
         self.weights: InceptionWeights = resolve_inception_weights(
             context.cache_dir,
             weights_path=weights_path,
@@ -145,16 +141,19 @@ class FrechetInceptionDistance(Metric):
             )
         self._extractor: InceptionExtractor | None = None
         self._stats = FeatureStats(FEATURE_DIM)
-        self._spill = FeatureSpill(FEATURE_DIM, prefix="fid") if bootstrap else None
+        self._spill = FeatureSpill(FEATURE_DIM, prefix="fid") if bootstrap or self.fid_inf else None
         self._ref: tuple[FeatureStats, dict[str, Any]] | None = None
-        self._pending = feature_buffer(self._add_features, context.device)
+        self._pending = feature_stream(self._add_features)
+
+    def extractors(self) -> list[InceptionExtractor]:
+        return [self.extractor]
 
     @property
     def extractor(self) -> InceptionExtractor:
-        """The Inception network, built on first use."""
+        """The run's shared Inception extractor for these weights and resize."""
         if self._extractor is None:
-            self._extractor = InceptionExtractor(
-                self.weights, layers=(POOL3,), device=self.context.device, resize=self.resize
+            self._extractor = self.context.features.shared(
+                InceptionExtractor(self.weights, device=self.context.device, resize=self.resize)
             )
         return self._extractor
 
@@ -165,12 +164,13 @@ class FrechetInceptionDistance(Metric):
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
-        self._pending.add(as_image_batch(images, "fid: generated images"))
+        """Add a batch of uint8 (B, 3, H, W) generated images (features from the shared provider)."""
+        self._pending.add(
+            inception_features(self.context, self.extractor, images, POOL3, "fid: generated images")
+        )
 
-    def _add_features(self, images: torch.Tensor, _: list[Any]) -> None:
-        features = self.extractor(images)[POOL3]
-        update_per_micro_batch(self._stats, features, self.extractor.batch_size)
+    def _add_features(self, features: np.ndarray) -> None:
+        self._stats.update(features)
         if self._spill is not None:
             self._spill.append(features)
 
@@ -201,6 +201,13 @@ class FrechetInceptionDistance(Metric):
                 "fid_bootstrap_mean": float(boot.mean()),
                 "fid_bootstrap_std": float(boot.std(ddof=1)),
             }
+        details: dict[str, Any] = {}
+        if self.fid_inf and self._spill is not None:
+            inf = frechet_distance_infinity(
+                ref_mu, ref_sigma, self._spill.array(), seed=self.context.seed
+            )
+            values["fid_inf"] = inf["value"]
+            details["fid_inf"] = {k: v for k, v in inf.items() if k != "value"}
         notes = []
         if min(n, ref.n) <= FEATURE_DIM:
             notes.append(
@@ -224,6 +231,10 @@ class FrechetInceptionDistance(Metric):
             }
             if self.bootstrap
             else None,
+            "fid_inf": "FD at 15 subset sizes from min(5000, N//10) to N, least-squares line in 1/N, "
+            "intercept (dgm-eval's FD-infinity; subsets seeded)"
+            if self.fid_inf
+            else None,
             "notes": notes,
             **{f"{k}_version": v for k, v in library_versions().items()},
         }
@@ -232,6 +243,7 @@ class FrechetInceptionDistance(Metric):
             value=value,
             interval=interval,
             values=values,
+            details=details,
             manifest=manifest,
             uncalibrated=not self.weights.calibrated,
         )

@@ -30,6 +30,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 
 from evalkit.batching import RowBuffer, check_micro_batch, run_in_micro_batches, worker_count
 from evalkit.errors import InputError, UsageError
+from evalkit.features.base import FeatureExtractor, device_identity
 from evalkit.metrics.tf1_resize import tf1_bilinear_resize
 from evalkit.metrics.weights import RANDOM_SEED, InceptionWeights, load_state_dict
 
@@ -134,14 +135,20 @@ def clean_resize(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     return torch.from_numpy(np.clip(out, 0.0, 255.0))
 
 
-class InceptionExtractor:
-    """Batched uint8 (B, 3, H, W) → {layer: float64 (B, D)} with a fixed resize mode and device."""
+class InceptionExtractor(FeatureExtractor):
+    """uint8 (B, 3, H, W) → pool3 (2048-d) and, when the weights have the classifier, logits.
+
+    Both layers come from one pass; a metric takes the one it needs (FID and KID pool3,
+    Inception Score the logits), so one extractor serves all three.
+    """
+
+    name = EXTRACTOR_NAME
 
     def __init__(
         self,
         weights: InceptionWeights,
         *,
-        layers: Sequence[str] = (POOL3,),
+        layers: Sequence[str] | None = None,
         device: str = "cpu",
         resize: str = "tf1",
         batch_size: int | None = None,
@@ -151,7 +158,10 @@ class InceptionExtractor:
                 f"unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}"
             )
         self.weights = weights
-        self.layers = tuple(layers)
+        available = (POOL3, LOGITS) if weights.has_logits else (POOL3,)
+        self._layers = tuple(available if layers is None else layers)
+        if not set(self._layers) <= {POOL3, LOGITS}:
+            raise UsageError(f"Inception layers are {POOL3} and {LOGITS}, not {self._layers}")
         self.device = torch.device(device)
         self.resize = resize
         self.batch_size = check_micro_batch(
@@ -162,9 +172,37 @@ class InceptionExtractor:
         self.memory_format = (
             torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         )
-        self.net = build_inception_network(weights, self.layers).to(
-            self.device, memory_format=self.memory_format
-        )
+        self._net: _Inception | None = None
+
+    @property
+    def net(self) -> _Inception:
+        """The network, built on first use (a metric's extractor may be replaced by a shared one)."""
+        if self._net is None:
+            self._net = build_inception_network(self.weights, self._layers).to(
+                self.device, memory_format=self.memory_format
+            )
+        return self._net
+
+    @property
+    def layers(self) -> dict[str, int]:
+        return {name: {POOL3: 2048, LOGITS: 1008}[name] for name in self._layers}
+
+    @property
+    def calibrated(self) -> bool:
+        return self.weights.calibrated
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "extractor": EXTRACTOR_NAME,
+            "weights_sha256": self.weights.sha256,
+            "layers": list(self._layers),
+            "resize": self.resize,
+            "batch_size": self.batch_size,
+            "memory_format": "channels_last"
+            if self.memory_format == torch.channels_last
+            else "nchw",
+            **device_identity(self.device),
+        }
 
     def _network(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Resize and network on one micro-batch of uint8 CPU images; float32 CPU outputs."""
@@ -178,16 +216,20 @@ class InceptionExtractor:
             )
         return tuple(out.to("cpu") for out in outputs)
 
-    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        """Features of a batch (any size), float64 on the CPU, keyed by layer name."""
+    def extract(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """float32 features of a batch (any size) on the CPU, keyed by layer name."""
         batch = as_image_batch(images)
         outputs = run_in_micro_batches(
             self._network, batch, size=self.batch_size, workers=worker_count(self.device)
         )
         return {
-            name: out.to(torch.float64).numpy()
-            for name, out in zip(self.layers, outputs, strict=True)
+            name: out.to(torch.float32).numpy()
+            for name, out in zip(self._layers, outputs, strict=True)
         }
+
+    def __call__(self, images: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`extract` as float64 (the statistics' precision), for direct use."""
+        return {name: out.astype(np.float64) for name, out in self.extract(images).items()}
 
     def describe(self) -> dict[str, Any]:
         """Manifest entries for the extractor and its weights."""
@@ -212,10 +254,25 @@ class InceptionExtractor:
         }
 
 
-def feature_buffer(consume: Callable[[torch.Tensor, list[Any]], None], device: str) -> RowBuffer:
-    """A :class:`~evalkit.batching.RowBuffer` handing ``consume`` complete micro-batches of
-    :data:`BATCH_SIZE` images (several at once when they can run in parallel)."""
-    return RowBuffer(BATCH_SIZE, consume, release=BATCH_SIZE * worker_count(device))
+def feature_stream(consume: Callable[[np.ndarray], None]) -> RowBuffer:
+    """A buffer of feature rows handing ``consume`` float64 rows in chunks of :data:`BATCH_SIZE`
+    at fixed positions of the stream, so float64 running sums add the same partial sums in the
+    same order however the images were batched."""
+
+    def hand_on(rows: torch.Tensor, _: list[Any]) -> None:
+        features = rows.numpy().astype(np.float64)
+        for start in range(0, len(features), BATCH_SIZE):
+            consume(features[start : start + BATCH_SIZE])
+
+    return RowBuffer(BATCH_SIZE, hand_on)
+
+
+def inception_features(
+    context: Any, extractor: InceptionExtractor, images: torch.Tensor, layer: str, what: str
+) -> torch.Tensor:
+    """One layer of the shared provider's Inception features of a checked uint8 batch."""
+    batch = as_image_batch(images, what)
+    return torch.from_numpy(context.features.extract(extractor, batch)[layer])
 
 
 def check_options(options: dict[str, Any], defaults: dict[str, Any], metric: str) -> dict[str, Any]:

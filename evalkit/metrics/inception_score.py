@@ -20,9 +20,8 @@ from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     LOGITS,
     InceptionExtractor,
-    as_image_batch,
     check_options,
-    feature_buffer,
+    inception_features,
     library_versions,
 )
 from evalkit.metrics.refstats import FeatureSpill
@@ -92,28 +91,30 @@ class InceptionScore(Metric):
         )
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(NUM_CLASSES, prefix="is")
-        self._pending = feature_buffer(
-            lambda rows, _: self._spill.append(self.extractor(rows)[LOGITS]), context.device
-        )
+
+    def extractors(self) -> list[InceptionExtractor]:
+        return [self.extractor]
 
     @property
     def extractor(self) -> InceptionExtractor:
-        """The Inception network, built on first use."""
+        """The run's shared Inception extractor for these weights and resize."""
         if self._extractor is None:
-            self._extractor = InceptionExtractor(
-                self.weights, layers=(LOGITS,), device=self.context.device, resize=self.resize
+            self._extractor = self.context.features.shared(
+                InceptionExtractor(self.weights, device=self.context.device, resize=self.resize)
             )
         return self._extractor
 
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
-        self._pending.add(as_image_batch(images, "is: generated images"))
+        """Add a batch of uint8 (B, 3, H, W) generated images (features from the shared provider)."""
+        logits = inception_features(
+            self.context, self.extractor, images, LOGITS, "is: generated images"
+        )
+        self._spill.append(logits.numpy())
 
     def compute(self) -> MetricResult:
         """Mean (value) and standard deviation (values["is_std"]) over the splits."""
-        self._pending.flush()
         logits = self._spill.array()
         if logits.shape[0] < self.splits:
             raise InputError(

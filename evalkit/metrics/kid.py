@@ -20,19 +20,14 @@ from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     POOL3,
     InceptionExtractor,
-    as_image_batch,
     check_options,
-    feature_buffer,
+    inception_features,
     library_versions,
 )
 from evalkit.metrics.refstats import (
     FeatureSpill,
-    iter_reference_images,
-    load_checked_features,
+    reference_feature_matrix,
     reference_set_or_raise,
-    refstats_dir,
-    refstats_key,
-    save_features,
 )
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
 from evalkit.seeding import legacy_numpy_seed
@@ -113,40 +108,7 @@ def reference_features(
     context: MetricContext, extractor: InceptionExtractor, *, metric: str = "kid"
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Pool3 features of the suite's reference set as a memmap, from the cache or computed."""
-    ref = reference_set_or_raise(context, metric)
-    identity = ref.identity()
-    weights = extractor.weights
-    key = refstats_key(identity, extractor.resize, weights.sha256, POOL3, extractor.batch_size)
-    path = refstats_dir(context.cache_dir) / f"{key}.features.npy"
-    info = {"origin": "cache", "path": str(path), "key": key, "identity": identity}
-    check = {"weights_sha256": weights.sha256, "resize": extractor.resize, "feature_layer": POOL3}
-    if path.is_file() and path.with_name(path.name + ".json").is_file():
-        features, _ = load_checked_features(path, **check)
-        return features, info
-    spill = FeatureSpill(FEATURE_DIM, prefix="kid-reference")
-    try:
-        buffer = feature_buffer(
-            lambda rows, _: spill.append(extractor(rows)[POOL3]), context.device
-        )
-        for batch in iter_reference_images(
-            ref, context.batch_size, f"{metric}: reference features"
-        ):
-            buffer.add(batch)
-        buffer.flush()
-        header = {
-            "key": key,
-            "reference_identity": identity,
-            "weights_source": weights.source,
-            "extractor": extractor.describe()["extractor"],
-            "batch_size": extractor.batch_size,
-            **check,
-        }
-        save_features(path, spill.array(), header)
-    finally:
-        spill.close()
-    features, _ = load_checked_features(path, **check)
-    info["origin"] = "computed"
-    return features, info
+    return reference_feature_matrix(context, extractor, POOL3, metric)
 
 
 class KernelInceptionDistance(Metric):
@@ -186,16 +148,16 @@ class KernelInceptionDistance(Metric):
         )
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(FEATURE_DIM, prefix="kid")
-        self._pending = feature_buffer(
-            lambda rows, _: self._spill.append(self.extractor(rows)[POOL3]), context.device
-        )
+
+    def extractors(self) -> list[InceptionExtractor]:
+        return [self.extractor]
 
     @property
     def extractor(self) -> InceptionExtractor:
-        """The Inception network, built on first use."""
+        """The run's shared Inception extractor for these weights and resize."""
         if self._extractor is None:
-            self._extractor = InceptionExtractor(
-                self.weights, layers=(POOL3,), device=self.context.device, resize=self.resize
+            self._extractor = self.context.features.shared(
+                InceptionExtractor(self.weights, device=self.context.device, resize=self.resize)
             )
         return self._extractor
 
@@ -206,12 +168,14 @@ class KernelInceptionDistance(Metric):
     def update(
         self, images: torch.Tensor, items: Sequence[Item], sample_indices: Sequence[int]
     ) -> None:
-        """Add a batch of uint8 (B, 3, H, W) generated images (buffered into micro-batches)."""
-        self._pending.add(as_image_batch(images, "kid: generated images"))
+        """Add a batch of uint8 (B, 3, H, W) generated images (features from the shared provider)."""
+        features = inception_features(
+            self.context, self.extractor, images, POOL3, "kid: generated images"
+        )
+        self._spill.append(features.numpy())
 
     def compute(self) -> MetricResult:
         """Mean (value) and standard deviation (values["kid_std"]) of the subset MMD²s."""
-        self._pending.flush()
         generated = self._spill.array()
         if generated.shape[0] < 2:
             raise InputError(f"KID needs at least 2 generated images, got {generated.shape[0]}")

@@ -28,6 +28,7 @@ import torch
 
 from evalkit.atomic import atomic_write, atomic_write_json
 from evalkit.errors import InputError, ProtocolMismatchError, UsageError
+from evalkit.features.base import FeatureExtractor
 from evalkit.hashing import sha256_json
 from evalkit.metrics.base import MetricContext
 from evalkit.suites.base import ReferenceSet
@@ -350,3 +351,51 @@ def weighted_moments(
         s2 += y.T @ (y * wc[:, None])
     cov = (s2 - np.outer(s1, s1) / n) / (n - 1)
     return shift + s1 / n, 0.5 * (cov + cov.T)
+
+
+def reference_feature_matrix(
+    context: MetricContext, extractor: FeatureExtractor, layer: str, metric: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One layer of ``extractor``'s features of the suite's reference set, memory-mapped.
+
+    Cached as ``<cache>/refstats/<key>.features.npy`` with a JSON header, keyed by the reference
+    set's identity, the extractor's key (its fingerprint) and the layer; computed once through
+    the run's shared feature provider (so another metric on the same network reuses the pass).
+    """
+    ref = reference_set_or_raise(context, metric)
+    identity = ref.identity()
+    fingerprint = extractor.fingerprint()
+    key = sha256_json(
+        {"reference": identity, "extractor": extractor.key(), "layer": layer,
+         "format_version": FORMAT_VERSION}
+    )  # fmt: skip
+    path = refstats_dir(context.cache_dir) / f"{key}.features.npy"
+    info = {"origin": "cache", "path": str(path), "key": key, "identity": identity}
+    check = {
+        "weights_sha256": str(fingerprint.get("weights_sha256")),
+        "resize": str(fingerprint.get("resize") or fingerprint.get("preprocessing")),
+        "feature_layer": layer,
+    }
+    if path.is_file() and path.with_name(path.name + ".json").is_file():
+        features, _ = load_checked_features(path, **check)
+        return features, info
+    spill = FeatureSpill(extractor.layers[layer], prefix=f"{metric}-reference")
+    try:
+        for batch in iter_reference_images(
+            ref, context.batch_size, f"{metric}: reference features"
+        ):
+            spill.append(context.features.extract(extractor, batch)[layer])
+        context.features.flush()
+        header = {
+            "key": key,
+            "reference_identity": identity,
+            "extractor_key": extractor.key(),
+            "extractor": extractor.describe(),
+            **check,
+        }
+        save_features(path, spill.array(), header)
+    finally:
+        spill.close()
+    features, _ = load_checked_features(path, **check)
+    info["origin"] = "computed"
+    return features, info

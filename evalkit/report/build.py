@@ -23,16 +23,18 @@ from evalkit.report.schema import load_results, load_samples, validate_results
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
 ASSETS_DIR = "assets"
+FEATURES_DIR = "features"
 REPORT_FILES = ("report.html", "report.md")
 
 
 def remove_outputs(run_dir: Path) -> None:
-    """Delete a run folder's results and report (before a run that will write new ones)."""
+    """Delete a run folder's results, report and recorded features (before a run writes new ones)."""
     run_dir = Path(run_dir)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)  # first: without it nothing else is trusted
     for name in REPORT_FILES:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ASSETS_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / FEATURES_DIR, ignore_errors=True)
 
 
 def render_report(run_dir: Path, results: Mapping[str, Any]) -> tuple[dict[str, str], list[Path]]:
