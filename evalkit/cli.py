@@ -114,6 +114,14 @@ def run(
     sweep: Annotated[
         str | None, typer.Option(help="Sweep a model option, e.g. guidance=1,1.25,1.5,2.")
     ] = None,
+    ref: Annotated[
+        Path | None,
+        typer.Option(
+            "--ref",
+            help="Reference images (a folder, centre-cropped and resized to --resolution) or FID "
+            "statistics (.npz: evalkit's, pytorch-fid's or clean-fid's) instead of the suite's.",
+        ),
+    ] = None,
     allow_random_weights: Annotated[
         bool,
         typer.Option(
@@ -164,6 +172,7 @@ def run(
         resolution=resolution or default_resolution(suite),
         metrics=tuple(_split_csv(metrics)) if metrics is not None else default_metrics(suite),
         metric_options=_metric_options(metric_opt),
+        reference=str(ref.expanduser().resolve()) if ref is not None else None,
     )
     options = RunOptions(
         out_root=out,
@@ -233,6 +242,9 @@ def score(
         Path | None, typer.Option(help="JSONL: path and id (or prompt) per image.")
     ] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file (csv/jsonl/drawbench).")] = None,
+    ref: Annotated[
+        Path | None, typer.Option("--ref", help="Reference images or FID stats.")
+    ] = None,
     suite_opt: Annotated[list[str] | None, typer.Option("--suite-opt")] = None,
     metric_opt: Annotated[list[str] | None, typer.Option("--metric-opt")] = None,
     device: Annotated[str, typer.Option()] = "cpu",
@@ -262,12 +274,68 @@ def score(
         suite_opt=suite_opt,
         metric_opt=metric_opt,
         sweep=None,
+        ref=ref,
         allow_random_weights=allow_random_weights,
         per_stage=False,
         report=report,
         dry_run=dry_run,
         quiet=quiet,
     )
+
+
+@app.command()
+def distance(
+    a: Annotated[Path, typer.Argument(help="Images: a folder or an evalkit run folder.")],
+    b: Annotated[
+        Path, typer.Argument(help="Reference: a folder, a run folder, or FID statistics (.npz).")
+    ],
+    metrics: Annotated[str, typer.Option(help="Comma-separated set metrics.")] = "fid,kid",
+    metric_opt: Annotated[list[str] | None, typer.Option("--metric-opt")] = None,
+    resolution: Annotated[
+        int | None,
+        typer.Option(help="Centre-crop and resize both sets to this side (default: as stored)."),
+    ] = None,
+    save_stats: Annotated[
+        Path | None, typer.Option(help="Also write B's FID statistics (reusable as --ref).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    cache_dir: Annotated[Path | None, typer.Option()] = None,
+    allow_random_weights: Annotated[bool, typer.Option()] = False,
+    seed: Annotated[int, typer.Option(help="Seed of KID's subsets and similar draws.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Set-vs-set metrics between two image folders (FID, KID, prc, density_coverage, cmmd, fd_dinov2)."""
+    from evalkit.atomic import atomic_write_json
+    from evalkit.distance import DistanceOptions, save_reference_stats
+    from evalkit.distance import distance as compute_distance
+    from evalkit.report.render_text import text_table
+    from evalkit.report.schema import format_value
+
+    result = compute_distance(
+        a,
+        b,
+        tuple(_split_csv(metrics)),
+        _metric_options(metric_opt),
+        DistanceOptions(
+            cache_dir=cache_dir, device=device, batch_size=batch_size, resolution=resolution,
+            allow_random_weights=allow_random_weights, show_progress=not quiet, seed=seed,
+        ),
+    )  # fmt: skip
+    if save_stats is not None:
+        save_reference_stats(result, save_stats)
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+    rows = [
+        [name, format_value(m["value"]),
+         ", ".join(f"{k} {format_value(v)}" for k, v in sorted(m["values"].items())),
+         "UNCALIBRATED" if m["uncalibrated"] else ""]
+        for name, m in result["metrics"].items()
+    ]  # fmt: skip
+    typer.echo(f"A: {result['a'].get('path')} ({result['a'].get('count')} images)")
+    typer.echo(f"B: {result['b'].get('path')} ({result['b'].get('count', 'statistics')})")
+    typer.echo(text_table(["metric", "value", "also", "flag"], rows))
 
 
 @app.command("report")
@@ -419,6 +487,22 @@ def fetch_clip_cmd(
     from evalkit.metrics.clip_models import fetch_clip
 
     typer.echo(str(fetch_clip(model, pretrained, _cache(cache_dir), source=weights)))
+
+
+@fetch_app.command("vgg16")
+def fetch_vgg16_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """torchvision's VGG16 ImageNet weights (prc, density_coverage), checksummed and load-tested."""
+    from evalkit.features.backbones import fetch_vgg16
+
+    typer.echo(str(fetch_vgg16(_cache(cache_dir))))
+
+
+@fetch_app.command("dinov2")
+def fetch_dinov2_cmd(cache_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """DINOv2 ViT-L/14 (facebook/dinov2-large) for fd_dinov2, checksummed and load-tested."""
+    from evalkit.features.backbones import fetch_dinov2
+
+    typer.echo(str(fetch_dinov2(_cache(cache_dir))))
 
 
 @fetch_app.command("coco")

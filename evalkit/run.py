@@ -43,13 +43,15 @@ from evalkit.generate import (
 from evalkit.generators.base import Generator, GeneratorContext
 from evalkit.image_cache import ImageCache
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
+from evalkit.metrics.refstats import StatsOnlyReference
 from evalkit.paths import cache_root, cache_what, usable_dir
 from evalkit.progress import log, progress_bar
 from evalkit.registry import METRICS, MODELS, SUITES
 from evalkit.report.build import remove_outputs, write_outputs
 from evalkit.seeding import derive_seed
 from evalkit.spec import RunSpec
-from evalkit.suites.base import Item, Suite
+from evalkit.suites.base import Item, ReferenceSet, Suite
+from evalkit.suites.folder import FolderReferenceSet
 
 SCHEMA_VERSION = 1
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9@._-]+")
@@ -255,6 +257,29 @@ def extract_features(
     provider.flush()
 
 
+def custom_reference(spec: RunSpec) -> tuple[ReferenceSet | None, RunSpec]:
+    """``--ref``: a folder becomes the reference set (centre-cropped and resized to the run's
+    resolution, like COCO's); a statistics file becomes fid's ``ref_stats`` and any other metric
+    needing references is refused. Returns the reference set and the spec the metrics are built from.
+    """
+    if spec.reference is None:
+        return None, spec
+    path = Path(spec.reference).expanduser()
+    if path.is_dir():
+        return FolderReferenceSet(path, spec.resolution), spec
+    if not path.is_file():
+        raise UsageError(f"--ref {path}: no such folder of images or statistics file")
+    fid_options = {**spec.metric_options.get("fid", {}), "ref_stats": str(path)}
+    options = (
+        {**spec.metric_options, "fid": fid_options}
+        if "fid" in spec.metrics
+        else spec.metric_options
+    )
+    return StatsOnlyReference(path), RunSpec.from_dict(
+        {**spec.to_dict(), "metric_options": options}
+    )
+
+
 def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) -> RunPlan:
     """Check everything that can be checked before generation, and plan the run.
 
@@ -276,6 +301,7 @@ def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) ->
     planned = plan_images(
         generator, requests, spec.resolution, stages=[name for name, _ in stages[:-1]]
     )
+    reference, spec_for_metrics = custom_reference(spec)
     metric_context = MetricContext(
         suite=suite,
         resolution=spec.resolution,
@@ -285,8 +311,11 @@ def plan_run(spec: RunSpec, options: RunOptions, info: DistInfo, device: str) ->
         cache_dir=cache_dir,
         allow_random_weights=options.allow_random_weights,
         num_images=len(planned),
+        reference=reference,
     )
-    metrics = build_metrics(spec, metric_context)  # every rank: ranks extract their own features
+    metrics = build_metrics(
+        spec_for_metrics, metric_context
+    )  # every rank: ranks extract their own features
     if info.is_main:
         for metric in metrics.values():
             metric.prepare()

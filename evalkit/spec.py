@@ -48,6 +48,8 @@ class RunSpec:
     """Registry names of the metrics to compute."""
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-metric options, e.g. {"clip_score": {"model": "ViT-B-32-quickgelu"}}."""
+    reference: str | None = None
+    """A folder of reference images, or an FID statistics file, replacing the suite's (``--ref``)."""
 
     def __post_init__(self) -> None:
         if self.images_per_prompt < 1:
@@ -60,6 +62,8 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = list(self.metrics)
+        if d["reference"] is None:  # absent, so that run ids made before --ref existed stay
+            del d["reference"]
         return d
 
     @classmethod
@@ -73,6 +77,7 @@ class RunSpec:
         d = self.to_dict()
         d.pop("metrics")
         d.pop("metric_options")
+        d.pop("reference", None)
         return d
 
     def run_id(self) -> str:

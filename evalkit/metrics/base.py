@@ -16,7 +16,7 @@ import torch
 
 from evalkit.features.base import FeatureExtractor
 from evalkit.features.store import FeatureProvider, FeatureStore
-from evalkit.suites.base import Item, Suite
+from evalkit.suites.base import Item, ReferenceSet, Suite
 
 
 @dataclass
@@ -35,6 +35,8 @@ class MetricContext:
     #: the run's shared features (one network pass per image for every metric); by default a
     #: provider over ``<cache_dir>/features``
     features: FeatureProvider = None  # type: ignore[assignment]
+    #: a reference set replacing the suite's (``--ref``); None: the suite's own
+    reference: ReferenceSet | None = None
 
     def __post_init__(self) -> None:
         if self.features is None:

@@ -32,6 +32,7 @@ from evalkit.metrics.refstats import (
     FeatureStats,
     iter_reference_images,
     load_checked_stats,
+    load_reference_stats,
     reference_set_or_raise,
     refstats_dir,
     refstats_key,
@@ -132,12 +133,19 @@ class FrechetInceptionDistance(Metric):
             reference_set_or_raise(context, "fid")  # fail now, not after generating every image
         else:  # check it now, before any image is generated
             path = Path(ref_stats).expanduser()
-            stats, header = load_checked_stats(
-                path, weights_sha256=self.weights.sha256, resize=resize, feature_layer=POOL3
-            )
+            stats, header = load_reference_stats(
+                path, weights_sha256=self.weights.sha256, resize=resize, feature_layer=POOL3,
+                dim=FEATURE_DIM,
+            )  # fmt: skip
+            origin = "foreign file" if header.get("foreign") else "file"
             self._user_ref = (
                 stats,
-                {"origin": "file", "path": str(path), "identity": header.get("reference_identity")},
+                {
+                    "origin": origin,
+                    "path": str(path),
+                    "identity": header.get("reference_identity"),
+                    **({"unknown": header} if header.get("foreign") else {}),
+                },
             )
         self._extractor: InceptionExtractor | None = None
         self._stats = FeatureStats(FEATURE_DIM)
@@ -209,17 +217,25 @@ class FrechetInceptionDistance(Metric):
             values["fid_inf"] = inf["value"]
             details["fid_inf"] = {k: v for k, v in inf.items() if k != "value"}
         notes = []
-        if min(n, ref.n) <= FEATURE_DIM:
+        foreign = "unknown" in ref_info
+        ref_n = None if foreign else ref.n
+        if min(n, ref_n or n) <= FEATURE_DIM:
             notes.append(
-                f"fewer than {FEATURE_DIM + 1} images on a side (generated {n}, reference {ref.n}): "
-                "covariances are singular and FID is biased upwards; compare only at equal N"
+                f"fewer than {FEATURE_DIM + 1} images on a side (generated {n}, reference "
+                f"{ref_n or 'unknown'}): covariances are singular and FID is biased upwards; "
+                "compare only at equal N"
+            )
+        if foreign:
+            notes.append(
+                "reference statistics from a foreign file: the weights, resize and image count "
+                "they were made with are unknown"
             )
         manifest = {
             "implementation": "evalkit (torch-fidelity Inception features, eigh Fréchet distance in float64)",
             **self.extractor.describe(),
             "feature_layer": f"{POOL3} (pool3)",
             "num_generated": n,
-            "num_reference": ref.n,
+            "num_reference": ref_n,
             "reference_identity": ref_info.get("identity"),
             "reference_stats": {k: v for k, v in ref_info.items() if k != "identity"},
             "frechet": "Tr((S1 S2)^1/2) = sum sqrt(eig(sqrt(S1) S2 sqrt(S1))), numpy eigh in float64, S1 = reference",

@@ -23,7 +23,7 @@ DEFAULT_BLOCK = 1024
 
 
 def _as_tensor(features: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
+    x = torch.from_numpy(np.array(features, dtype=np.float64))  # a copy: features may be read-only
     if x.ndim != 2 or x.shape[0] == 0:
         raise InputError(
             f"{what}: expected a non-empty (N, D) feature matrix, got {tuple(x.shape)}"

@@ -41,8 +41,8 @@ def rbf_mmd2(
     block: int = DEFAULT_BLOCK,
 ) -> float:
     """Biased MMD² between two sets of vectors under a Gaussian RBF kernel of bandwidth ``sigma``."""
-    a = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    b = torch.as_tensor(np.asarray(y), dtype=torch.float64)
+    a = torch.from_numpy(np.array(x, dtype=np.float64))  # copies: inputs may be read-only memmaps
+    b = torch.from_numpy(np.array(y, dtype=np.float64))
     for what, m in (("first", a), ("second", b)):
         if m.ndim != 2 or m.shape[0] == 0:
             raise InputError(

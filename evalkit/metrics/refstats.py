@@ -257,12 +257,98 @@ def load_checked_stats(
     return stats, header
 
 
+FOREIGN_FORMAT = "mu/sigma statistics (pytorch-fid, clean-fid or torch-fidelity)"
+
+
+def load_reference_stats(
+    path: str | os.PathLike, *, weights_sha256: str, resize: str, feature_layer: str, dim: int
+) -> tuple[FeatureStats, dict[str, Any]]:
+    """Reference statistics from an evalkit stats file (protocol checked) or a foreign one.
+
+    A foreign file (``mu``/``sigma`` in an ``.npz``, as pytorch-fid's ``--save-stats`` and
+    clean-fid write them, or a torch file of such a dict, as torch-fidelity caches them) is
+    accepted when its dimension matches; what it cannot tell (weights, resize, image count)
+    is recorded as unknown in the header (``foreign``), and a warning is printed.
+    """
+    from evalkit.progress import log
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"reference statistics {path}: file not found")
+    mu = sigma = None
+    if path.suffix in (".pt", ".pth"):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            mu, sigma = np.asarray(data["mu"]), np.asarray(data["sigma"])
+        except Exception as exc:  # torch.load fails in many ways on foreign files
+            raise InputError(
+                f"reference statistics {path}: not a mu/sigma torch file ({exc})"
+            ) from exc
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "header" in data.files:
+                    return load_checked_stats(
+                        path,
+                        weights_sha256=weights_sha256,
+                        resize=resize,
+                        feature_layer=feature_layer,
+                    )
+                mu, sigma = np.asarray(data["mu"]), np.asarray(data["sigma"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(
+                f"reference statistics {path}: neither an evalkit stats file nor mu/sigma arrays ({exc})"
+            ) from exc
+    if mu.ndim != 1 or mu.shape[0] != dim or sigma.shape != (dim, dim):
+        raise InputError(
+            f"reference statistics {path}: mu {mu.shape} / sigma {sigma.shape} do not fit this "
+            f"metric's {dim}-d {feature_layer} features (another extractor or layer)"
+        )
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
+        raise InputError(f"reference statistics {path}: NaN or infinite values")
+    log(
+        f"warning: {path} is a foreign statistics file: the weights, resize and image count it was "
+        "made with are unknown (recorded as such); compare only with results made the same way"
+    )
+    header = {
+        "format": FOREIGN_FORMAT,
+        "foreign": True,
+        "weights_sha256": "unknown",
+        "resize": "unknown",
+        "feature_layer": f"unknown ({dim}-d)",
+        "num_images": None,
+    }
+    return FeatureStats.from_moments(2, mu, sigma), header
+
+
 # --------------------------------------------------------------------------- reference features
 
 
+class StatsOnlyReference(ReferenceSet):
+    """``--ref FILE``: precomputed FID statistics stand in for reference images (fid only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "statistics file", "path": str(self.path)}
+
+    def __len__(self) -> int:
+        return 0
+
+    def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        raise UsageError(f"--ref {self.path} holds statistics, not images")
+
+
 def reference_set_or_raise(context: MetricContext, metric: str) -> ReferenceSet:
-    """The suite's reference set at the run's resolution, or :class:`UsageError` naming the suite."""
-    ref = context.suite.reference_set(context.resolution)
+    """The run's reference set (``--ref``, else the suite's at the run's resolution), or
+    :class:`UsageError` naming what is missing."""
+    if isinstance(context.reference, StatsOnlyReference):
+        raise UsageError(
+            f"{metric} needs reference images, but --ref {context.reference.path} holds statistics "
+            "only (mean and covariance, usable by fid); give a folder of reference images"
+        )
+    ref = context.reference or context.suite.reference_set(context.resolution)
     if ref is None:
         raise UsageError(
             f"{metric} needs reference images, but suite {context.suite.name!r} has none; "
