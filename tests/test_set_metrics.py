@@ -22,7 +22,7 @@ def test_density_coverage_and_precision_recall_equal_prdc():
     prdc = pytest.importorskip("prdc")
     real, fake = _features(300, seed=1), _features(250, seed=2, noise=0.5)
     theirs = prdc.compute_prdc(real, fake, nearest_k=5)
-    ours = density_coverage(real, fake, k=5, block=64)
+    ours = density_coverage(real, fake, k=5, block=64)  # several blocks on each side
     assert ours["density"] == pytest.approx(theirs["density"], abs=1e-12)
     assert ours["coverage"] == pytest.approx(theirs["coverage"], abs=1e-12)
 
@@ -36,8 +36,9 @@ def test_precision_recall_equal_torch_fidelity_prc():
         prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False,
     )  # fmt: skip
     ours = precision_recall(real, fake, k=3, block=50)
-    assert ours["precision"] == pytest.approx(theirs["precision"], abs=1e-12)
-    assert ours["recall"] == pytest.approx(theirs["recall"], abs=1e-12)
+    # the same counts of samples inside balls (torch-fidelity averages in float32)
+    assert round(ours["precision"] * 200) == round(theirs["precision"] * 200)
+    assert round(ours["recall"] * 300) == round(theirs["recall"] * 300)
 
 
 def test_manifold_metrics_are_perfect_for_a_set_against_itself_and_fall_with_noise():

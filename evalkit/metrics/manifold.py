@@ -2,98 +2,127 @@
 
 - **Precision/recall** (Kynkäänniemi et al. 2019): the share of generated samples inside the
   union of the real samples' k-NN balls, and of real samples inside the generated ones'
-  (k = 3). Computed by torch-fidelity 0.4's ``calculate_precision_recall_part`` (its
-  convention: a point on a ball's boundary counts as inside).
+  (k = 3), with torch-fidelity 0.4's convention that a point on a ball's boundary is inside.
 - **Density/coverage** (Naeem et al. 2020): density = (1/k)·mean over generated samples of
   the number of real k-NN balls containing it; coverage = share of real samples whose ball
-  contains at least one generated sample (k = 5). The ``prdc`` package's definitions (strict
-  ``<``), computed block by block so memory is O(block × N) instead of O(N²).
+  contains at least one generated sample (k = 5); the ``prdc`` package's strict ``<``.
 
-Distances are Euclidean in float64 (exact differences, no ‖x‖² + ‖y‖² − 2xy expansion).
+The features may be memory-mapped files of any size: every pass reads blocks of rows and
+keeps only O(block²) distances plus O(N) radii, so memory stays flat as N grows (torch-fidelity
+and prdc hold all features, and prdc the N×N distance matrices, in memory). Distances are
+Euclidean in float64 by the Gram expansion ‖x‖² + ‖y‖² − 2x·y (matrix products, clamped at 0).
+Tests check equality with torch-fidelity's and prdc's results on the same features.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from evalkit.errors import InputError
 
-DEFAULT_BLOCK = 1024
+DEFAULT_BLOCK = 2048
 
 
-def _as_tensor(features: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
-    x = torch.from_numpy(np.array(features, dtype=np.float64))  # a copy: features may be read-only
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InputError(
-            f"{what}: expected a non-empty (N, D) feature matrix, got {tuple(x.shape)}"
-        )
-    if not torch.isfinite(x).all():
-        raise InputError(f"{what}: features contain NaN or infinite values")
-    return x
+def _check(features: np.ndarray, what: str) -> np.ndarray:
+    if not hasattr(features, "shape") or len(features.shape) != 2 or features.shape[0] == 0:
+        raise InputError(f"{what}: expected a non-empty (N, D) feature matrix")
+    return features
 
 
-def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+def _blocks(x: np.ndarray, block: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(start, rows as float64, their squared norms) for consecutive blocks of ``x``."""
+    for start in range(0, x.shape[0], block):
+        rows = torch.from_numpy(np.array(x[start : start + block], dtype=np.float64))
+        if not torch.isfinite(rows).all():
+            raise InputError("features contain NaN or infinite values")
+        yield start, rows, (rows * rows).sum(dim=1)
 
 
-def kth_neighbour_radii(features: torch.Tensor, k: int, block: int = DEFAULT_BLOCK) -> torch.Tensor:
+def _squared_distances(
+    a: torch.Tensor, a_sq: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor
+) -> torch.Tensor:
+    return (a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+
+
+def kth_neighbour_radii(features: np.ndarray, k: int, block: int = DEFAULT_BLOCK) -> torch.Tensor:
     """Distance of every row to its k-th nearest other row (the row itself excluded)."""
+    return _kth_squared(features, k, block).sqrt()
+
+
+def _kth_squared(features: np.ndarray, k: int, block: int) -> torch.Tensor:
     n = features.shape[0]
     if n <= k:
         raise InputError(f"a {k}-nearest-neighbour radius needs more than {k} samples, got {n}")
-    radii = [
-        _cdist(features[s : s + block], features).kthvalue(k + 1, dim=1).values
-        for s in range(0, n, block)
-    ]
-    return torch.cat(radii)
+    radii = torch.empty(n, dtype=torch.float64)
+    for start, rows, rows_sq in _blocks(features, block):
+        best = torch.full((len(rows), k + 1), float("inf"), dtype=torch.float64)
+        for _, cols, cols_sq in _blocks(features, block):
+            d = _squared_distances(rows, rows_sq, cols, cols_sq)
+            best = torch.cat([best, d], dim=1).topk(k + 1, dim=1, largest=False).values
+        # the k+1-th smallest includes the row itself at distance 0
+        radii[start : start + len(rows)] = best[:, k]
+    return radii
 
 
 def density_coverage(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = 5,
-    block: int = DEFAULT_BLOCK,
+    real: np.ndarray, fake: np.ndarray, k: int = 5, block: int = DEFAULT_BLOCK
 ) -> dict[str, float]:
     """Density and coverage of ``fake`` against ``real`` (Naeem et al. 2020, k-NN balls of ``real``)."""
-    r = _as_tensor(real, "density/coverage: real features")
-    f = _as_tensor(fake, "density/coverage: generated features")
-    if r.shape[1] != f.shape[1]:
+    real, fake = (
+        _check(real, "density/coverage: real features"),
+        _check(fake, "density/coverage: generated features"),
+    )
+    if real.shape[1] != fake.shape[1]:
         raise InputError(
-            f"density/coverage: feature dimensions differ ({r.shape[1]} vs {f.shape[1]})"
+            f"density/coverage: feature dimensions differ ({real.shape[1]} vs {fake.shape[1]})"
         )
-    radii = kth_neighbour_radii(r, k, block)
-    inside_counts = torch.zeros(f.shape[0], dtype=torch.float64)
-    nearest_fake = torch.empty(r.shape[0], dtype=torch.float64)
-    for s in range(0, r.shape[0], block):
-        d = _cdist(r[s : s + block], f)  # (block of real, all fake)
-        inside_counts += (d < radii[s : s + block, None]).sum(dim=0)
-        nearest_fake[s : s + block] = d.min(dim=1).values
-    density = float(inside_counts.mean() / k)
-    coverage = float((nearest_fake < radii).double().mean())
-    return {"density": density, "coverage": coverage}
+    r2 = _kth_squared(real, k, block)
+    inside = torch.zeros(fake.shape[0], dtype=torch.float64)
+    nearest = torch.full((real.shape[0],), float("inf"), dtype=torch.float64)
+    for rs, rows, rows_sq in _blocks(real, block):
+        radius = r2[rs : rs + len(rows), None]
+        for fs, cols, cols_sq in _blocks(fake, block):
+            d = _squared_distances(rows, rows_sq, cols, cols_sq)
+            inside[fs : fs + len(cols)] += (d < radius).sum(dim=0)
+            nearest[rs : rs + len(rows)] = torch.minimum(
+                nearest[rs : rs + len(rows)], d.min(dim=1).values
+            )
+    return {
+        "density": float(inside.mean() / k),
+        "coverage": float((nearest < r2).double().mean()),
+    }
 
 
 def precision_recall(
-    real: np.ndarray | torch.Tensor,
-    fake: np.ndarray | torch.Tensor,
-    k: int = 3,
-    block: int = DEFAULT_BLOCK,
+    real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = DEFAULT_BLOCK
 ) -> dict[str, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) by torch-fidelity's implementation."""
-    from torch_fidelity.metric_prc import calculate_precision_recall_part
-
-    r = _as_tensor(real, "precision/recall: real features")
-    f = _as_tensor(fake, "precision/recall: generated features")
-    if r.shape[1] != f.shape[1]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's definitions."""
+    real, fake = (
+        _check(real, "precision/recall: real features"),
+        _check(fake, "precision/recall: generated features"),
+    )
+    if real.shape[1] != fake.shape[1]:
         raise InputError(
-            f"precision/recall: feature dimensions differ ({r.shape[1]} vs {f.shape[1]})"
+            f"precision/recall: feature dimensions differ ({real.shape[1]} vs {fake.shape[1]})"
         )
-    for what, x in (("real", r), ("generated", f)):
+    for what, x in (("real", real), ("generated", fake)):
         if x.shape[0] <= k:
             raise InputError(
                 f"precision/recall: needs more than k={k} {what} samples, got {x.shape[0]}"
             )
-    precision, recall = calculate_precision_recall_part(f, r, neighborhood=k, batch_size=block)
+    real_r2 = _kth_squared(real, k, block)
+    fake_r2 = _kth_squared(fake, k, block)
+    fake_inside = torch.zeros(fake.shape[0], dtype=torch.bool)
+    real_inside = torch.zeros(real.shape[0], dtype=torch.bool)
+    for rs, rows, rows_sq in _blocks(real, block):
+        for fs, cols, cols_sq in _blocks(fake, block):
+            d = _squared_distances(rows, rows_sq, cols, cols_sq)
+            fake_inside[fs : fs + len(cols)] |= (d <= real_r2[rs : rs + len(rows), None]).any(dim=0)
+            real_inside[rs : rs + len(rows)] |= (d <= fake_r2[None, fs : fs + len(cols)]).any(dim=1)
+    precision = float(fake_inside.double().mean())
+    recall = float(real_inside.double().mean())
     f_score = 2 * precision * recall / max(1e-5, precision + recall)
-    return {"precision": float(precision), "recall": float(recall), "f_score": float(f_score)}
+    return {"precision": precision, "recall": recall, "f_score": f_score}
