@@ -215,3 +215,25 @@ def test_two_ranks_extract_their_shards_and_equal_one_process(tmp_path, weights_
     assert counts["computed"] == 8 + 4
     (counts_one,) = r1["manifest"]["features"].values()
     assert counts_one["computed"] == 8 + 8
+
+
+def test_clip_score_image_embeddings_come_from_the_store_on_a_rerun(tmp_path):
+    options = RunOptions(
+        out_root=tmp_path / "out", cache_dir=tmp_path / "cache", show_progress=False,
+        write_report=False, allow_random_weights=True,
+    )  # fmt: skip
+    spec = _spec(metrics=("clip_score",), metric_options={"clip_score": {"model": "tiny-random"}})
+    first = json.loads((execute(spec, options) / "results.json").read_text())
+    second = json.loads(
+        (
+            execute(
+                _spec(**{**spec.__dict__, "seed": 0, "metrics": ("clip_score", "test-pixel-mean")}),
+                options,
+            )
+            / "results.json"
+        ).read_text()
+    )
+    (key,) = first["manifest"]["features"]
+    assert first["manifest"]["features"][key] == {"computed": 10, "from_store": 0}
+    assert second["manifest"]["features"][key] == {"computed": 0, "from_store": 10}
+    assert second["metrics"]["clip_score"]["per_item"] == first["metrics"]["clip_score"]["per_item"]

@@ -26,10 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from evalkit.batching import RowBuffer, map_one_thread, pad_rows, run_in_micro_batches, worker_count
 from evalkit.errors import InputError, UsageError
+from evalkit.features.base import FeatureExtractor, device_identity
+from evalkit.features.store import FeatureProvider
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.bootstrap import DEFAULT_RESAMPLES, summarize
 from evalkit.metrics.clip_models import (
@@ -78,6 +81,41 @@ def count_tokens(tokenizer: Any, prompt: str) -> int | None:
     return len(encode(prompt)) + 2
 
 
+class ClipImageEmbeddings(FeatureExtractor):
+    """The CLIP score's image embeddings (raw, before normalisation) as a feature extractor, so
+    they are computed once per image and kept in the feature store like any other features."""
+
+    layer = "embedding"
+
+    def __init__(self, metric: ClipScore) -> None:
+        self.metric = metric
+        self.name = f"clip-score-{metric.info.model}"
+
+    @property
+    def layers(self) -> dict[str, int]:
+        return {self.layer: self.metric.embed_dim}
+
+    @property
+    def calibrated(self) -> bool:
+        return not self.metric.info.uncalibrated
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "extractor": self.name,
+            "weights_sha256": self.metric.info.weights_sha256,
+            "preprocessing": self.metric.preprocess.recipe(),
+            "batch_size": self.metric.batch_size,
+            **device_identity(self.metric.device),
+        }
+
+    def extract(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        m = self.metric
+        feats = run_in_micro_batches(
+            m._encode_images, images, size=m.batch_size, workers=m._workers
+        )
+        return {self.layer: feats.to(torch.float32).numpy()}
+
+
 class ClipScore(Metric):
     """Streaming CLIP score over (image, prompt) pairs."""
 
@@ -94,6 +132,7 @@ class ClipScore(Metric):
         batch_size: int = DEFAULT_BATCH_SIZE,
         seed: int = 0,
         n_resamples: int = DEFAULT_RESAMPLES,
+        features: FeatureProvider | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"clip_score: batch_size must be a positive integer, got {batch_size}")
@@ -112,6 +151,15 @@ class ClipScore(Metric):
         self._cos_total = 0.0
         self._hessel_total = 0.0
         self._warned_truncation = False
+        #: the run's feature provider (image embeddings computed once and stored); None: direct
+        self.features = features
+        self.embed_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+        self._extractor = ClipImageEmbeddings(self)
+        if features is not None:
+            self._extractor = features.shared(self._extractor)  # type: ignore[assignment]
+
+    def extractors(self) -> list[FeatureExtractor]:
+        return [self._extractor] if self.features is not None else []
 
     # ------------------------------------------------------------ encoding
 
@@ -180,9 +228,13 @@ class ClipScore(Metric):
         for ids, feats in zip(new_per_chunk, texts, strict=True):
             for i, f in zip(ids, feats, strict=True):
                 self._prompts[i].text_features = f.clone()
-        feats = run_in_micro_batches(
-            self._encode_images, images, size=self.batch_size, workers=self._workers
-        )
+        if self.features is not None:
+            stored = self.features.extract(self._extractor, images)[ClipImageEmbeddings.layer]
+            feats = torch.from_numpy(stored).to(torch.float64)
+        else:
+            feats = run_in_micro_batches(
+                self._encode_images, images, size=self.batch_size, workers=self._workers
+            )
         feats = feats / feats.norm(dim=-1, keepdim=True)
         text = torch.stack([self._prompts[i].text_features for i in item_ids]).to(torch.float64)
         text = text / text.norm(dim=-1, keepdim=True)
@@ -306,4 +358,5 @@ def make_clip_score(options: dict[str, Any], context: MetricContext) -> ClipScor
         device=context.device,
         batch_size=_batch_size(options.get("batch_size", DEFAULT_BATCH_SIZE)),
         seed=context.seed,
+        features=context.features,
     )
