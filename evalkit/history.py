@@ -354,7 +354,7 @@ def add_record(
         "run_id": results["run_id"],
         "results_sha256": results_sha,
         "time": results["created"],
-        "added": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "added": (now or datetime.now(timezone.utc)).isoformat(timespec="microseconds"),
         **prov,
         "labels": label_map,
         "suite": suite,
