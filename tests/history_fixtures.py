@@ -66,7 +66,9 @@ HISTORY_PLAN = [
 ]
 
 
-def build_history(root: Path, plan: list[tuple[str, int, int]] = HISTORY_PLAN) -> tuple[Path, list[Path]]:
+def build_history(
+    root: Path, plan: list[tuple[str, int, int]] = HISTORY_PLAN
+) -> tuple[Path, list[Path]]:
     """Run ``plan``, gate each run against the previous one, record both; returns (history, runs).
 
     Commits are ``c01``, ``c02`` ... on branch ``main``, in one series ``shapes/main``.

@@ -24,7 +24,9 @@ EVALKIT = Path(sys.executable).with_name("evalkit")
 WORKTREE = Path(__file__).resolve().parents[1]
 
 
-def evalkit(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def evalkit(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The real console script, with this checkout first on PYTHONPATH."""
     full = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     full.update({"PYTHONPATH": str(WORKTREE), **(env or {})})
@@ -54,7 +56,11 @@ def test_min_pairs_is_the_sign_test_bound():
 def test_paired_bootstrap_of_a_constant_shift_is_that_shift_exactly():
     a = np.linspace(0.2, 0.4, 50)
     iv = paired_bootstrap(a, a - 0.01)
-    assert iv.delta == pytest.approx(-0.01) and iv.lo == pytest.approx(-0.01) and iv.hi == pytest.approx(-0.01)
+    assert (
+        iv.delta == pytest.approx(-0.01)
+        and iv.lo == pytest.approx(-0.01)
+        and iv.hi == pytest.approx(-0.01)
+    )
 
 
 def test_paired_bootstrap_interval_covers_zero_for_pure_noise_in_most_seeds():
@@ -102,7 +108,9 @@ def test_set_bootstrap_of_identical_features_is_exactly_zero():
     rng = np.random.default_rng(3)
     ref = rng.normal(size=(500, 4))
     f = rng.normal(size=(60, 4))
-    iv = paired_set_bootstrap(f, f.copy(), fid_against(ref.mean(0), np.cov(ref, rowvar=False)), 100, 0)
+    iv = paired_set_bootstrap(
+        f, f.copy(), fid_against(ref.mean(0), np.cov(ref, rowvar=False)), 100, 0
+    )
     assert (iv.delta, iv.lo, iv.hi) == (0.0, 0.0, 0.0)
 
 
@@ -203,16 +211,26 @@ def test_candidate_with_fewer_items_cannot_decide_and_names_them(tmp_path):
 
 def test_missing_per_item_scores_cannot_decide(tmp_path):
     ids = item_ids(20)
-    a = write_run(tmp_path / "a", results_dict({"clip_score": {i: 0.3 for i in ids}}, per_item=False))
-    b = write_run(tmp_path / "b", results_dict({"clip_score": {i: 0.2 for i in ids}}, per_item=False))
+    a = write_run(
+        tmp_path / "a", results_dict({"clip_score": {i: 0.3 for i in ids}}, per_item=False)
+    )
+    b = write_run(
+        tmp_path / "b", results_dict({"clip_score": {i: 0.2 for i in ids}}, per_item=False)
+    )
     m = only(gate(a, b))
     assert m.verdict == "cannot decide" and "no per-item scores for clip_score" in m.reason
 
 
 def test_set_level_metric_without_features_cannot_decide(tmp_path):
     ids = item_ids(20)
-    a = write_run(tmp_path / "a", results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": 30.0}))
-    b = write_run(tmp_path / "b", results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": 30.0}))
+    a = write_run(
+        tmp_path / "a",
+        results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": 30.0}),
+    )
+    b = write_run(
+        tmp_path / "b",
+        results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": 30.0}),
+    )
     assert load_set_features(load_run(a), "fid") is None
     report = gate(a, b)
     m = only(report, "fid")
@@ -230,8 +248,14 @@ def test_set_level_metric_is_decided_once_features_plug_into_the_seam(tmp_path, 
     metric = fid_against(ref.mean(0), np.cov(ref, rowvar=False))
     fa = rng.normal(size=(50, 4))
     feats = {"a": fa, "b": fa + 1.0}
-    a = write_run(tmp_path / "a", results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": metric(fa)}))
-    b = write_run(tmp_path / "b", results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": metric(fa + 1.0)}))
+    a = write_run(
+        tmp_path / "a",
+        results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": metric(fa)}),
+    )
+    b = write_run(
+        tmp_path / "b",
+        results_dict({"clip_score": {i: 0.3 for i in ids}}, set_metrics={"fid": metric(fa + 1.0)}),
+    )
 
     def fake(run, name):
         f = feats[run.path.name]
@@ -264,7 +288,9 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_config_rules_follow_defaults_then_metric_tables():
-    cfg = parse_config({"defaults": {"confidence": 0.9}, "metrics": {"fid": {"max_degradation": 2.0}}})
+    cfg = parse_config(
+        {"defaults": {"confidence": 0.9}, "metrics": {"fid": {"max_degradation": 2.0}}}
+    )
     assert cfg.rule("fid").allowed_kind == "abs" and cfg.rule("fid").allowed == 2.0
     assert cfg.rule("fid").confidence == 0.9
     assert cfg.rule("kid").allowed_kind == "rel" and cfg.rule("kid").allowed == 0.10
@@ -283,10 +309,33 @@ def test_gate_disabled_metric_is_reported_as_skipped(tmp_path):
 def test_history_baseline_is_the_latest_comparable_record_of_the_branch(tmp_path):
     ids = item_ids(20)
     hist = tmp_path / "h"
-    old = write_run(tmp_path / "old", results_dict({"clip_score": {i: 0.1 for i in ids}}, run_id="old", created="2026-01-01T00:00:00+00:00"))
-    new = write_run(tmp_path / "new", results_dict({"clip_score": {i: 0.3 for i in ids}}, run_id="new", created="2026-01-02T00:00:00+00:00"))
-    other = write_run(tmp_path / "oth", results_dict({"clip_score": {i: 0.9 for i in ids}}, run_id="oth", suite_version="2", created="2026-01-03T00:00:00+00:00"))
-    pr = write_run(tmp_path / "pr", results_dict({"clip_score": {i: 0.5 for i in ids}}, run_id="pr", created="2026-01-04T00:00:00+00:00"))
+    old = write_run(
+        tmp_path / "old",
+        results_dict(
+            {"clip_score": {i: 0.1 for i in ids}}, run_id="old", created="2026-01-01T00:00:00+00:00"
+        ),
+    )
+    new = write_run(
+        tmp_path / "new",
+        results_dict(
+            {"clip_score": {i: 0.3 for i in ids}}, run_id="new", created="2026-01-02T00:00:00+00:00"
+        ),
+    )
+    other = write_run(
+        tmp_path / "oth",
+        results_dict(
+            {"clip_score": {i: 0.9 for i in ids}},
+            run_id="oth",
+            suite_version="2",
+            created="2026-01-03T00:00:00+00:00",
+        ),
+    )
+    pr = write_run(
+        tmp_path / "pr",
+        results_dict(
+            {"clip_score": {i: 0.5 for i in ids}}, run_id="pr", created="2026-01-04T00:00:00+00:00"
+        ),
+    )
     for run, branch in ((old, "main"), (new, "main"), (other, "main"), (pr, "feature")):
         add_record(run, hist, branch=branch, commit=run.name)
     cand = load_run(tmp_path / "new")
@@ -296,7 +345,11 @@ def test_history_baseline_is_the_latest_comparable_record_of_the_branch(tmp_path
     assert base.results["run_id"] == "pr"
     with pytest.raises(MissingWeightsError, match="no record on branch 'nope'"):
         resolve_baseline(f"history:{hist}@nope", cand)
-    v2 = load_run(write_run(tmp_path / "v3", results_dict({"clip_score": {i: 0.3 for i in ids}}, suite_version="3")))
+    v2 = load_run(
+        write_run(
+            tmp_path / "v3", results_dict({"clip_score": {i: 0.3 for i in ids}}, suite_version="3")
+        )
+    )
     with pytest.raises(ProtocolMismatchError, match="no record on branch 'main'"):
         resolve_baseline(f"history:{hist}@main", v2)
 
@@ -324,10 +377,19 @@ def test_console_exit_codes_of_the_gate(tmp_path):
     proc = evalkit("gate", "--baseline", str(few_a), "--candidate", str(few_b), cwd=tmp_path)
     assert proc.returncode == 11 and "cannot decide" in proc.stderr
 
-    proc = evalkit("gate", "--baseline", str(tmp_path / "nope"), "--candidate", str(a), cwd=tmp_path)
+    proc = evalkit(
+        "gate", "--baseline", str(tmp_path / "nope"), "--candidate", str(a), cwd=tmp_path
+    )
     assert proc.returncode == 3 and "no such results file" in proc.stderr
 
-    proc = evalkit("gate", "--baseline", f"history:{tmp_path / 'none'}@main", "--candidate", str(a), cwd=tmp_path)
+    proc = evalkit(
+        "gate",
+        "--baseline",
+        f"history:{tmp_path / 'none'}@main",
+        "--candidate",
+        str(a),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 4 and "does not exist" in proc.stderr
 
 

@@ -58,9 +58,11 @@ SCRIPT = """
     var body = box.querySelector('tbody');
     while (body.firstChild) body.removeChild(body.firstChild);
     var shown = 0;
-    s.keys.forEach(function(k){
+    function has(r, k){ return !!(s.thumbs[r] && s.thumbs[r][k.key]); }
+    var both = s.keys.filter(function(k){ return has(a, k) && has(b, k); });
+    var one = s.keys.filter(function(k){ return has(a, k) !== has(b, k); });
+    both.concat(one).forEach(function(k){
       var ta = s.thumbs[a] && s.thumbs[a][k.key], tb = s.thumbs[b] && s.thumbs[b][k.key];
-      if (!ta && !tb) return;
       var tr = document.createElement('tr');
       var p = document.createElement('td'); p.className = 'prompt';
       p.textContent = k.prompt + ' (' + k.item_id + ' #' + k.sample_index + ')';
@@ -79,7 +81,8 @@ SCRIPT = """
       });
       body.appendChild(tr); shown++;
     });
-    box.querySelector('.ek-count').textContent = shown + ' prompt(s)';
+    box.querySelector('.ek-count').textContent = both.length + ' prompt(s) in both, ' +
+      one.length + ' in one only (the suites differ)';
   }
   document.querySelectorAll('div.compare').forEach(function(box){
     box.querySelectorAll('select').forEach(function(sel){
