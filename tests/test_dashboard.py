@@ -6,6 +6,7 @@ with scripts/ci_chromium.sh). The screenshot goes to tests/artifacts/ (git-ignor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -114,10 +115,8 @@ def test_console_dashboard_prints_the_index_path(tmp_path):
 
 
 sync_api = None
-try:  # the browser test needs playwright and chromium
+with contextlib.suppress(ImportError):  # the browser test needs playwright and chromium
     from playwright import sync_api  # type: ignore[no-redef]
-except ImportError:  # pragma: no cover
-    pass
 
 
 @pytest.mark.slow
