@@ -58,9 +58,20 @@ def history_add_cmd(
         Path | None,
         typer.Option(help="An `evalkit gate --json` report to attach (the dashboard marks it)."),
     ] = None,
+    log_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--log-to",
+            help="Also send the record to mlflow[=TRACKING_URI] or tensorboard[=LOGDIR] "
+            "(optional extras; repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Append one immutable record of RUN to the history (atomic; safe for parallel jobs)."""
     from evalkit.history import add_record
+    from evalkit.sinks import log_record, parse_log_to
+
+    sinks = parse_log_to(log_to)
 
     gate_report = None
     if gate is not None:
@@ -79,6 +90,8 @@ def history_add_cmd(
         f"series {m['series']})",
         err=True,
     )
+    for line in log_record(_history(history), outcome.record, sinks):
+        typer.echo(line, err=True)
     typer.echo(str(outcome.record.path))
 
 
