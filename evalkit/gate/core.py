@@ -281,7 +281,8 @@ def _per_item(entry: dict[str, Any]) -> dict[str, float] | None:
     return entry.get("per_item") or None
 
 
-def _categories(base: GateRun, cand: GateRun, results_entry: dict[str, Any]) -> dict[str, str]:
+def _categories(base: GateRun, cand: GateRun) -> dict[str, str]:
+    """item id -> category, from whichever side records categories."""
     for side in (base, cand):
         if side.samples is not None and side.samples["category"].notna().any():
             df = side.samples.dropna(subset=["category"]).drop_duplicates("item_id")
@@ -317,7 +318,7 @@ def _prompt_level(
     )
     verdict = _paired(name, rule, direction, ids, pa, pb, va, vb, rule.confidence, allowed, test)
     if rule.per_category:
-        cats = _categories(base, cand, ea)
+        cats = _categories(base, cand)
         groups: dict[str, list[str]] = {}
         for i in ids:
             if i in cats:
