@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import ProtocolMismatchError
 from evalkit.gate.config import GateConfig
 from evalkit.gate.core import load_run, run_gate
 from evalkit.history import add_record
@@ -82,7 +83,7 @@ def build_history(
             base, cand = load_run(runs[-1]), load_run(run_dir)
             try:
                 gate = run_gate(base, cand, GateConfig()).to_dict()
-            except Exception:  # noqa: BLE001 - another protocol: no verdict to attach
+            except ProtocolMismatchError:  # another protocol: no verdict to attach
                 gate = None
         add_record(
             run_dir,
