@@ -397,6 +397,9 @@ def _mount_subcommands() -> None:
     app.add_typer(
         train_app, name="train", help="Train in-repo Imagen stages and write model cards for them."
     )
+    from evalkit.ci_cli import mount as mount_ci
+
+    mount_ci(app)  # history, gate, dashboard
 
 
 _mount_subcommands()

@@ -41,3 +41,15 @@ class GenerationError(EvalkitError):
     """A generator produced invalid output (NaN, wrong shape or range)."""
 
     exit_code = 6
+
+
+class RegressionError(EvalkitError):
+    """The CI gate found a metric significantly worse than the baseline, beyond the allowed amount."""
+
+    exit_code = 10
+
+
+class UndecidedError(EvalkitError):
+    """The CI gate cannot decide: too few samples, or missing per-item scores or features."""
+
+    exit_code = 11
