@@ -9,7 +9,9 @@ A history folder holds ``records/<record-id>/``, each with
 - ``items.parquet``: one row per generated image (item id, category, prompt, sample index,
   seed, image sha256) with every metric's per-item value (``per_item.<metric>``);
 - ``thumbs/``: small PNG thumbnails of a fixed subset of prompts (the same items in every
-  record of a suite, chosen by a hash of the item id, so two commits can be shown side by side).
+  record of a suite, chosen by a hash of the item id, so two commits can be shown side by side);
+- ``features/``: the run's per-image features and the reference data its set metrics compared
+  against, as the run folder has them (the gate resamples these for FID, KID ...).
 
 A record is written into ``.incoming/<random>/`` and renamed into ``records/`` in one step, so
 parallel CI jobs can append to the same folder (or a git branch, or a synced bucket) without a
@@ -57,6 +59,7 @@ INCOMING_DIR = ".incoming"
 RECORD_FILE = "record.json"
 RESULTS_FILE = "results.json"
 ITEMS_FILE = "items.parquet"
+FEATURES_DIR = "features"
 THUMBS_DIR = "thumbs"
 #: how many prompts get thumbnails, and how many images of each
 THUMB_PROMPTS = 12
@@ -385,6 +388,11 @@ def add_record(
         put(RESULTS_FILE, raw)
         put(ITEMS_FILE, _parquet_bytes(_items_table(results, samples)))
         thumbs, notes = _write_thumbnails(samples, run_dir, put)
+        if run_dir is not None and (run_dir / FEATURES_DIR).is_dir():
+            # the per-image features and reference data the gate resamples for set metrics
+            for path in sorted((run_dir / FEATURES_DIR).rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    put(path.relative_to(run_dir).as_posix(), path.read_bytes())
         meta["thumbnails"] = thumbs
         meta["notes"] = notes
         meta["files"] = files

@@ -29,7 +29,7 @@ from evalkit.distributed import (
 )
 from evalkit.environment import environment
 from evalkit.errors import EvalkitError, UsageError
-from evalkit.features.store import RunFeatures
+from evalkit.features.store import RunFeatures, export_reference_data
 from evalkit.generate import (
     PlannedImage,
     cascade_stages,
@@ -491,6 +491,7 @@ def _score_and_write(
         stages=stage_entries,
     )
     results["manifest"]["features"] = features
+    export_reference_data(run_dir, results["metrics"])
     write_outputs(run_dir, results, write_report=options.write_report)
     return run_dir
 

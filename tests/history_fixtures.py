@@ -26,6 +26,7 @@ def real_run(
     num_items: int = 20,
     metrics: tuple[str, ...] = ("shapes_accuracy",),
     model_options: dict[str, Any] | None = None,
+    metric_options: dict[str, dict[str, Any]] | None = None,
     cache_dir: Path | None = None,
 ) -> Path:
     """One real run of ``model`` on ``shapes``; returns its folder."""
@@ -39,7 +40,7 @@ def real_run(
         seed=seed,
         resolution=64,
         metrics=metrics,
-        metric_options={},
+        metric_options=dict(metric_options or {}),
     )
     run_dir = execute(
         spec,

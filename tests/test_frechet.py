@@ -225,3 +225,21 @@ def test_feature_spill_round_trips_through_a_memmap_and_cleans_up():
     del arr
     spill.close()
     assert not folder.exists()
+
+
+def test_distance_to_features_equals_the_covariance_path_at_low_and_full_rank():
+    from evalkit.metrics.frechet import frechet_distance_to_features
+
+    mu1, s1 = _moments(_gaussian_sample(300, 48, seed=40))
+    for n in (20, 300):  # N < d: the N×N path; N > d: the ordinary one
+        x = _gaussian_sample(n, 48, seed=41, shift=0.2)
+        mu2, s2 = _moments(x)
+        expected = frechet_distance(mu1, s1, mu2, s2)
+        assert frechet_distance_to_features(mu1, s1, x) == pytest.approx(expected, rel=1e-10)
+    low_rank = _gaussian_sample(30, 48, seed=42)
+    mu_r, s_r = _moments(low_rank)
+    factor = (low_rank - mu_r).T / np.sqrt(29)
+    x = _gaussian_sample(20, 48, seed=43)
+    assert frechet_distance_to_features(mu_r, s_r, x, factor1=factor) == pytest.approx(
+        frechet_distance(mu_r, s_r, *_moments(x)), rel=1e-9
+    )

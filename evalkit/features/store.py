@@ -313,3 +313,43 @@ def load_run_features(
     if meta.get("format") != FORMAT or array.shape[0] != len(meta.get("ids", [])):
         raise InputError(f"{folder}: features and their index disagree (a damaged or foreign file)")
     return array, meta
+
+
+#: reference features larger than this are not copied into the run folder (the gate then reads
+#: them from the cache, where the manifest says they are)
+EXPORT_LIMIT_BYTES = 64 * 2**20
+REFERENCE_STATS = "reference_stats.npz"
+
+
+def export_reference_data(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> list[Path]:
+    """Copy what each feature metric compared against into ``<run>/features/<key>/``, so the CI
+    gate can recompute it from the run folder alone: FID's reference mean and covariance
+    (``reference_stats.npz``, float32), other metrics' reference features
+    (``reference.<layer>.npy``) when they are at most :data:`EXPORT_LIMIT_BYTES`."""
+    from evalkit.atomic import atomic_write
+    from evalkit.metrics.refstats import FeatureStats
+
+    written = []
+    for entry in metrics.values():
+        manifest = entry.get("manifest") or {}
+        features = manifest.get("features") or {}
+        folder = Path(run_dir) / "features" / str(features.get("extractor_key"))
+        if not features or not folder.is_dir():
+            continue
+        stats = manifest.get("reference_stats") or {}
+        refs = manifest.get("reference_features") or {}
+        if stats.get("path") and Path(stats["path"]).is_file():
+            loaded, _ = FeatureStats.load(stats["path"])
+            mu, sigma = loaded.mean().astype(np.float32), loaded.cov().astype(np.float32)
+            written.append(
+                atomic_write(
+                    folder / REFERENCE_STATS, lambda f, m=mu, s=sigma: np.savez(f, mu=m, sigma=s)
+                )
+            )
+        elif refs.get("path") and Path(refs["path"]).is_file():
+            source = Path(refs["path"])
+            target = folder / f"reference.{features['layer']}.npy"
+            if source.stat().st_size <= EXPORT_LIMIT_BYTES and not target.exists():
+                data = source.read_bytes()
+                written.append(atomic_write(target, lambda f, d=data: f.write(d)))
+    return written

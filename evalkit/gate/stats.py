@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evalkit.metrics.bootstrap import bootstrap_interval
-from evalkit.metrics.frechet import frechet_distance, psd_factor
+from evalkit.metrics.frechet import frechet_distance_to_features, psd_factor
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,26 @@ def paired_set_bootstrap(
     return PairedInterval(delta, float(lo), float(hi), n, confidence, n_resamples)
 
 
-def fid_against(ref_mu: np.ndarray, ref_sigma: np.ndarray) -> Callable[[np.ndarray], float]:
-    """``features -> FID`` against fixed reference statistics (their eigen-factor computed once)."""
+def fid_against(
+    ref_mu: np.ndarray, ref_sigma: np.ndarray, ref_factor: np.ndarray | None = None
+) -> Callable[[np.ndarray], float]:
+    """``features -> FID`` against fixed reference statistics (their factor A·Aᵀ = Σ computed
+    once, or given: see :func:`fid_against_features`; with fewer images than dimensions the
+    N×N path of :func:`frechet_distance_to_features`)."""
     mu = np.asarray(ref_mu, dtype=np.float64)
     sigma = np.asarray(ref_sigma, dtype=np.float64)
-    factor = psd_factor(sigma)
+    factor = psd_factor(sigma) if ref_factor is None else ref_factor
 
     def fid(features: np.ndarray) -> float:
-        x = np.asarray(features, dtype=np.float64)
-        return frechet_distance(mu, sigma, x.mean(axis=0), np.cov(x, rowvar=False), factor1=factor)
+        return frechet_distance_to_features(mu, sigma, features, factor1=factor)
 
     return fid
+
+
+def fid_against_features(reference: np.ndarray) -> Callable[[np.ndarray], float]:
+    """``features -> FID`` against reference features: their centred rows / √(m−1) are already
+    a factor of the covariance, so no d×d eigendecomposition is needed."""
+    ref = np.asarray(reference, dtype=np.float64)
+    mu = ref.mean(axis=0)
+    factor = (ref - mu).T / np.sqrt(len(ref) - 1)
+    return fid_against(mu, factor @ factor.T, factor)

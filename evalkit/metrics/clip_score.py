@@ -153,7 +153,9 @@ class ClipScore(Metric):
         self._warned_truncation = False
         #: the run's feature provider (image embeddings computed once and stored); None: direct
         self.features = features
-        self.embed_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1])
+        self.embed_dim = int(
+            getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1]
+        )
         self._extractor = ClipImageEmbeddings(self)
         if features is not None:
             self._extractor = features.shared(self._extractor)  # type: ignore[assignment]

@@ -96,6 +96,7 @@ class FeatureSetMetric(Metric):
             "implementation": f"evalkit.metrics.feature_sets ({self.description})",
             **self.extractor.describe(),
             "feature_layer": self.layer,
+            "features": {"extractor_key": self.extractor.key(), "layer": self.layer},
             **self.protocol,
             "num_generated": int(generated.shape[0]),
             "num_reference": int(reference.shape[0]),

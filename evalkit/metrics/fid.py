@@ -234,6 +234,7 @@ class FrechetInceptionDistance(Metric):
             "implementation": "evalkit (torch-fidelity Inception features, eigh Fréchet distance in float64)",
             **self.extractor.describe(),
             "feature_layer": f"{POOL3} (pool3)",
+            "features": {"extractor_key": self.extractor.key(), "layer": POOL3},
             "num_generated": n,
             "num_reference": ref_n,
             "reference_identity": ref_info.get("identity"),
