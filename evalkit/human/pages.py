@@ -144,7 +144,7 @@ def render_admin(progress: Mapping[str, Any]) -> str:
             r["tasks"],
             "–"
             if r["gold_accuracy"] is None
-            else f"{100 * r['gold_accuracy']:.0f}% of {r['gold_answers']}",
+            else f"{100 * r['gold_accuracy']:.0f}% of {r['gold_tasks']} task(s)",
             "–"
             if r["last_active"] is None
             else f"{(progress['generated_at'] - r['last_active']) / 60:.0f} min ago",

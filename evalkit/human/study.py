@@ -36,6 +36,22 @@ CHOICES = ("A", "tie", "B")
 GOLD_PAIR = "gold"
 
 
+def question_text(question: str, caption: str) -> str:
+    """The question as a rater reads it, in the paper's wording, for ``caption``.
+
+    A caption's own closing punctuation is not doubled: "A red vase." gives "...: A red vase?"
+    and "Is it a vase?" gives "...: Is it a vase?".
+    """
+    text = QUESTIONS[question]
+    if "{caption}" not in text:
+        return text
+    shown = caption.strip()
+    shown = shown.rstrip(".").rstrip() or shown
+    if text.endswith("{caption}?") and shown.endswith(("?", "!")):
+        return text[: -len("{caption}?")] + shown
+    return text.replace("{caption}", shown)
+
+
 @dataclass(frozen=True)
 class StudyRun:
     """A compared run: ``key`` (r0, r1, ...) is what votes record; models stay anonymous to raters."""
@@ -128,8 +144,8 @@ class Study:
         """Folders images may be served from: the runs' folders and the study's gold folder."""
         return [Path(r.path) for r in self.runs.values()] + [self.root / "gold"]
 
-    def side_images(self, task: Task, side_source: str) -> list[Path]:
-        """Absolute image paths for one side: a run key, or 'clean'/'degraded' for gold tasks."""
+    def side_paths(self, task: Task, side_source: str) -> list[Path]:
+        """Absolute image paths for one side, unchecked (``side_images`` checks them)."""
         if task.gold_id is not None:
             g = self.gold[task.gold_id]
             if side_source == "degraded":
@@ -140,6 +156,11 @@ class Study:
         else:
             run = self.runs[side_source]
             paths = [Path(run.path) / p for p in self.items[task.item_id].images[side_source]]
+        return paths
+
+    def side_images(self, task: Task, side_source: str) -> list[Path]:
+        """Absolute image paths for one side: a run key, or 'clean'/'degraded' for gold tasks."""
+        paths = self.side_paths(task, side_source)
         roots = self.allowed_roots()
         for p in paths:
             if not is_inside(p, roots):
