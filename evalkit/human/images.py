@@ -65,13 +65,18 @@ def read_inside(path: Path, roots: Iterable[Path]) -> bytes:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise _unavailable(path, f"cannot be opened ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _unavailable(path, "not a regular file")
         if info.st_size > MAX_SOURCE_BYTES:
             raise _unavailable(path, f"larger than {MAX_SOURCE_BYTES} bytes")
-        return f.read()
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        raise _unavailable(path, f"unreadable ({exc.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 def blind_png(path: Path, roots: Iterable[Path]) -> bytes:

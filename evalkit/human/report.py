@@ -585,7 +585,8 @@ def open_store_for(study: Study, db_url: str | None) -> Store:
     if not url:
         if not study.db or study.db == "postgresql":
             raise UsageError(
-                "this study stores its votes in PostgreSQL: pass --db postgresql://... or set EVALKIT_RATE_DB"
+                "this study stores its votes in PostgreSQL: set EVALKIT_RATE_DB=postgresql://... "
+                "or pass --db-file FILE (a file holding the URL)"
             )
         url = str(study.root / study.db)
     return connect(url)

@@ -13,9 +13,9 @@
   deviation of the tie-as-half win rate (Beta(1, 1) prior, both questions pooled).
 - A rater never gets the same task twice, and never both a gold task and a comparison task
   of the same prompt (the clean gold set is one side of that comparison: seeing both would
-  give the gold task away). Gold tasks whose prompt needs the fewest further ratings come
-  first, so the prompts a rater is kept from cost the study least; among comparison tasks
-  with equal counts, prompts of gold tasks the rater may still get come last.
+  give the gold task away). A rater's next gold task is the one whose prompt needs the fewest
+  further ratings (the prompts a rater is kept from cost the study least), and that prompt is
+  kept out of the rater's comparison tasks until then, unless nothing else is left.
 
 The counts come from ``counters.TaskCounters`` (kept in memory), the rater's own tasks from
 the database.
@@ -69,24 +69,24 @@ def pick_task(
     target = study.ratings_per_item
     regular_items = {tasks[t].item_id for t in mine if t in tasks and not tasks[t].is_gold}
     gold_items = {tasks[t].item_id for t in mine if t in tasks and tasks[t].is_gold}
-    if study.gold and len(mine) % study.gold_every == gold_offset(rater_id, study.gold_every):
-        golds = [
-            t
-            for t in tasks.values()
-            if t.is_gold and t.task_id not in mine and t.item_id not in regular_items
-        ]
-        if golds:
-
-            def still_needed(item_id: str) -> int:
-                return sum(max(0, target - counts.get(f"{p}:{item_id}", 0)) for p in study.pairs)
-
-            return min(golds, key=lambda t: (still_needed(t.item_id), _order(rater_id, t.task_id)))
-    pending_gold = {
-        t.item_id
+    golds = [
+        t
         for t in tasks.values()
         if t.is_gold and t.task_id not in mine and t.item_id not in regular_items
-    }
-    candidates = [
+    ]
+
+    def still_needed(item_id: str) -> int:
+        return sum(max(0, target - counts.get(f"{p}:{item_id}", 0)) for p in study.pairs)
+
+    # The gold task this rater gets next: the one whose prompt the study needs least.
+    next_gold = min(
+        golds, key=lambda t: (still_needed(t.item_id), _order(rater_id, t.task_id)), default=None
+    )
+    if next_gold is not None and len(mine) % study.gold_every == gold_offset(
+        rater_id, study.gold_every
+    ):
+        return next_gold
+    open_tasks = [
         t
         for t in tasks.values()
         if not t.is_gold
@@ -94,6 +94,9 @@ def pick_task(
         and t.item_id not in gold_items
         and counts.get(t.task_id, 0) < target
     ]
+    # Keep the prompt of the rater's next gold task for that task, unless nothing else is left.
+    candidates = [t for t in open_tasks if next_gold is None or t.item_id != next_gold.item_id]
+    candidates = candidates or open_tasks
     if not candidates:
         return None
     size: Counter[str] = Counter(t.category for t in tasks.values() if not t.is_gold)
@@ -110,7 +113,6 @@ def pick_task(
             key=lambda t: (
                 -round(sd.get(t.task_id, prior), 9),
                 counts.get(t.task_id, 0),
-                t.item_id in pending_gold,
                 fill[t.category],
                 _order(rater_id, t.task_id),
             ),
@@ -119,7 +121,6 @@ def pick_task(
         candidates,
         key=lambda t: (
             counts.get(t.task_id, 0),
-            t.item_id in pending_gold,
             fill[t.category],
             _order(study.study_id, t.task_id),
         ),

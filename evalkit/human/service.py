@@ -396,6 +396,7 @@ def progress_report(study: Study, store: Store, now: float) -> dict[str, Any]:
     per_rater: dict[str, dict[str, Any]] = {}
     for r in store.raters(study.study_id):
         per_rater[r.rater_id] = {
+            "rater_id": r.rater_id,
             "name": r.name,
             "role": r.role,
             "revoked": not r.active,

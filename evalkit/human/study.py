@@ -9,6 +9,7 @@ every image still lies inside its run folder.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -327,6 +328,30 @@ def check_runs_line_up(runs: list[RunData], suite: str, images_per_side: int) ->
                 )
 
 
+def warn_if_sizes_differ(runs: dict[str, StudyRun], items: dict[str, StudyItem]) -> None:
+    """Warn when runs' images differ in pixel size: raters could tell the runs apart by it."""
+    from PIL import Image
+
+    sizes: dict[str, set[tuple[int, int]]] = {k: set() for k in runs}
+    for item in list(items.values())[:20]:
+        for key, rels in item.images.items():
+            try:
+                with Image.open(Path(runs[key].path) / rels[0]) as im:
+                    sizes[key].add(im.size)
+            except OSError:
+                continue
+    distinct = {frozenset(v) for v in sizes.values() if v}
+    if len(distinct) > 1:
+        shown = "; ".join(
+            f"{runs[k].run_id}: {', '.join(f'{w}x{h}' for w, h in sorted(v))}"
+            for k, v in sizes.items()
+        )
+        log(
+            f"warning: the runs' images differ in pixel size ({shown}); raters can tell the "
+            "runs apart by it (resize them to one size for a blind study)"
+        )
+
+
 def make_pairs(keys: list[str], baseline: str | None) -> dict[str, Pair]:
     """All pairs of runs, or the baseline against each other run (baseline is side a)."""
     if baseline is None:
@@ -377,6 +402,8 @@ def create_study(
     if len({r.run_id for r in runs}) != len(runs):
         raise UsageError("--runs: two folders hold the same run id")
     check_runs_line_up(runs, suite, images_per_side)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)  # the study holds the vote database and which model is which
 
     study_runs = {
         f"r{i}": StudyRun(
@@ -434,7 +461,9 @@ def create_study(
             degraded.append(target)
         gold[gold_id] = GoldTask(gold_id, item_id, run_key, tuple(degraded))
     if n_gold:
+        os.chmod(root / "gold", 0o700)
         log(f"wrote {n_gold} gold tasks under {root / 'gold'}")
+    warn_if_sizes_differ(study_runs, items)
 
     study = Study(
         root=root,
