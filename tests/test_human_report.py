@@ -230,3 +230,17 @@ def test_cli_refuses_mismatched_runs_and_unknown_studies(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing")]) == 3
     assert "unknown study" in capsys.readouterr().err
     assert main(["revoke", str(tmp_path / "missing"), "--name", "x"]) == 3
+
+
+def test_every_report_csv_prefixes_cells_that_would_start_a_formula(tmp_path):
+    items = [("db-000", "A cat.", "=1+1"), ("db-001", "A dog.", "@SUM(A1)"), ("db-002", "x", "-2")]
+    study, store, _ = make_study(tmp_path, items=items, ratings_per_item=1, gold_tasks=0)
+    svc = RatingService(study, store, limiter=NoRateLimit())
+    cast(svc, add_rater(study, store, "+cmd"), lambda a, q: "a")
+    out = write_report(study.root, n_resamples=100)
+    for name in ("preferences.csv", "raters.csv"):
+        for row in csv.reader((out / name).open()):
+            for cell in row:
+                assert cell[:1] not in ("=", "+", "-", "@"), (name, cell)
+    categories = {r["category"] for r in csv.DictReader((out / "preferences.csv").open())}
+    assert categories == {"overall", "'=1+1", "'@SUM(A1)", "'-2"}
