@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evalkit.human.errors import (
@@ -74,6 +75,11 @@ _GRADIO_GET = re.compile(
 _GRADIO_POST = re.compile(r"^/gradio_api/(queue/join|cancel)$")
 _OWN = re.compile(r"^/(api/v1/|img/|healthz$|ek/)")
 _SCRIPT_TAG = re.compile(rb"<script\b")
+API_THREADS = 16
+IMAGE_THREADS = 8
+KEEP_ALIVE_S = (
+    75  # longer than a rater's pause, so an idle connection is not closed under a request
+)
 
 
 def _error(exc: RatingError) -> JSONResponse:
@@ -196,6 +202,14 @@ def build_app(
     """The ASGI app: the API, the image route and (unless ``ui=False``) the Gradio UI at ``/``."""
     api = FastAPI(title="evalkit rating", docs_url=None, redoc_url=None, openapi_url=None)
     failures = failed_auth or RateLimiter(capacity=30, rate=0.5)
+    # Two worker pools: a burst of image requests (16 per task) never makes a vote or a
+    # next-task request wait for a thread. Created on first use, inside the event loop.
+    pools: dict[str, CapacityLimiter] = {}
+
+    async def in_thread(pool: str, fn: Any, *args: Any) -> Any:
+        if pool not in pools:
+            pools[pool] = CapacityLimiter(API_THREADS if pool == "api" else IMAGE_THREADS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=pools[pool])
 
     def client(request: Request) -> str:
         return request.client.host if request.client else "?"
@@ -229,12 +243,13 @@ def build_app(
 
     async def next_task(request: Request) -> Response:
         body = await _json_body(request)
-        view = await run_in_threadpool(service.next_task, _bearer(request), body.get("study_id"))
+        view = await in_thread("api", service.next_task, _bearer(request), body.get("study_id"))
         return JSONResponse({"done": True} if view is None else view.to_json())
 
     async def vote(request: Request) -> Response:
         body = await _json_body(request)
-        receipt = await run_in_threadpool(
+        receipt = await in_thread(
+            "api",
             service.submit,
             _bearer(request),
             body.get("assignment_id"),
@@ -246,19 +261,19 @@ def build_app(
 
     async def undo(request: Request) -> Response:
         body = await _json_body(request)
-        receipt = await run_in_threadpool(
-            service.undo, _bearer(request), body.get("submission_id"), body.get("study_id")
+        receipt = await in_thread(
+            "api", service.undo, _bearer(request), body.get("submission_id"), body.get("study_id")
         )
         return JSONResponse(asdict(receipt))
 
     async def progress(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(service.progress, _bearer(request)))
+        return JSONResponse(await in_thread("api", service.progress, _bearer(request)))
 
     async def export(request: Request) -> Response:
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "json"):
             raise BadRequest("format must be csv or json")
-        name, text = await run_in_threadpool(service.export, _bearer(request), fmt)
+        name, text = await in_thread("api", service.export, _bearer(request), fmt)
         media = "text/csv" if fmt == "csv" else "application/json"
         return PlainTextResponse(
             text,
@@ -267,8 +282,11 @@ def build_app(
         )
 
     async def image(request: Request) -> Response:
-        data = await run_in_threadpool(
-            service.image, request.path_params["assignment_id"], request.path_params["slot"]
+        data = await in_thread(
+            "images",
+            service.image,
+            request.path_params["assignment_id"],
+            request.path_params["slot"],
         )
         return Response(data, media_type="image/png", headers=IMAGE_HEADERS)
 
@@ -341,4 +359,5 @@ def serve(
         access_log=False,
         proxy_headers=False,  # our ProxyHeadersMiddleware decides, from --trusted-proxy only
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )

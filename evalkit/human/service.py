@@ -41,7 +41,6 @@ from evalkit.human.security import (
     check_id,
     check_token_format,
     hash_token,
-    is_inside,
     new_id,
 )
 from evalkit.human.store import (
@@ -138,6 +137,7 @@ class RatingService:
         self.rng = rng if rng is not None else random.SystemRandom()
         self.counters = TaskCounters(study, store, clock=clock, resync_s=resync_s)
         self.images = BlindImageCache()
+        self._roots = [r.resolve() for r in study.allowed_roots()]
         self._assignments: dict[str, Assignment] = {}
         self._schedule_lock = threading.Lock()
         self._rng_lock = threading.Lock()
@@ -361,7 +361,7 @@ class RatingService:
         source = a.left_source if m.group(1) == "a" else a.right_source
         path = self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))]
         try:
-            inside = is_inside(path, self.study.allowed_roots())
+            inside = any(path.resolve().is_relative_to(r) for r in self._roots)
         except (OSError, RuntimeError):  # a symlink loop swapped in under the running server
             inside = False
         if not inside:
@@ -371,7 +371,7 @@ class RatingService:
     def image(self, assignment_id: object, slot: object) -> bytes:
         """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
         path = self.image_file(assignment_id, slot)
-        return self.images.get(path, self.study.allowed_roots())
+        return self.images.get(path, self._roots)
 
     # ---------------------------------------------------------------- admin
     def progress(self, admin_token: object) -> dict[str, Any]:
