@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -199,7 +200,8 @@ def start_server(study_dir: Path, db: str | None, ui: bool) -> tuple[subprocess.
 
 
 def _rate(make: Callable[[str], object], tokens: list[tuple[str, int]], tasks: int,
-          retry_fraction: float, think_s: float, start_at: float) -> dict:  # fmt: skip
+          retry_fraction: float, think_s: float, start_at: float,
+          fetch_images: bool = True) -> dict:  # fmt: skip
     """Raters in threads (one process); returns their timings and acknowledged submissions."""
     out = {"next": [], "vote": [], "images": [], "acked": [], "errors": [], "refused": 0, "n": 0}
     out["end"] = 0.0
@@ -217,7 +219,7 @@ def _rate(make: Callable[[str], object], tokens: list[tuple[str, int]], tasks: i
                 t1 = time.perf_counter()
                 if task is None:
                     break
-                n, refused = client.images(task)
+                n, refused = client.images(task) if fetch_images else (0, 0)
                 t2 = time.perf_counter()
                 if think_s:
                     time.sleep(rng.uniform(0.5, 1.5) * think_s)
@@ -249,10 +251,9 @@ def _rate(make: Callable[[str], object], tokens: list[tuple[str, int]], tasks: i
     return out
 
 
-def _http_worker(base: str, tokens, tasks, retry_fraction, think_s, start_at, queue) -> None:  # noqa: ANN001
-    queue.put(
-        _rate(lambda t: HttpClient(base, t), tokens, tasks, retry_fraction, think_s, start_at)
-    )
+def _http_worker(base, tokens, tasks, retry_fraction, think_s, start_at, fetch, queue) -> None:  # noqa: ANN001
+    make = lambda t: HttpClient(base, t)  # noqa: E731
+    queue.put(_rate(make, tokens, tasks, retry_fraction, think_s, start_at, fetch))
 
 
 def _browser_raters(base: str, tokens: list[str], tasks: int, out: dict) -> None:
@@ -302,6 +303,7 @@ def run(
     ui: bool = True,
     think_s: float = 0.0,
     client_procs: int = 2,
+    fetch_images: bool = True,
 ) -> dict:
     """Run the load test; returns the figures (and whether everything was stored exactly once)."""
     root = Path(workdir or tempfile.mkdtemp(prefix="evalkit-load-"))
@@ -323,7 +325,16 @@ def run(
         procs = [
             ctx.Process(
                 target=_http_worker,
-                args=(base, chunk, votes_per_rater, retry_fraction, think_s, start_at, queue),
+                args=(
+                    base,
+                    chunk,
+                    votes_per_rater,
+                    retry_fraction,
+                    think_s,
+                    start_at,
+                    fetch_images,
+                    queue,
+                ),
             )
             for chunk in chunks
             if chunk
@@ -332,11 +343,22 @@ def run(
             p.start()
         browser_thread = None
         if browser_tokens:
-            browser_thread = threading.Thread(
-                target=_browser_raters, args=(base, browser_tokens, votes_per_rater, extra)
-            )
+
+            def browsers_safely() -> None:
+                try:
+                    _browser_raters(base, browser_tokens, votes_per_rater, extra)
+                except Exception as exc:  # noqa: BLE001 - reported with the others
+                    extra["errors"] = [f"browser: {exc!r}"[:300]]
+
+            browser_thread = threading.Thread(target=browsers_safely)
             browser_thread.start()
-        results = [queue.get(timeout=3600) for _ in procs]
+        results = []
+        while len(results) < len(procs):  # a worker that died says so instead of hanging
+            try:
+                results.append(queue.get(timeout=5))
+            except Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("a rater process failed (see above)") from None
         for p in procs:
             p.join(timeout=60)
         if browser_thread is not None:
@@ -351,6 +373,7 @@ def run(
                 retry_fraction,
                 think_s,
                 start_at,
+                fetch_images,
             )
         ]
     else:
@@ -378,6 +401,7 @@ def run(
     browser_votes = sum(
         1 for r in rows if r["question"] == "fidelity" and r["rater_id"] not in load_ids
     )
+    merged["errors"] += extra.get("errors", [])
     ok = (
         not merged["errors"]
         and len(acked) == raters * votes_per_rater
@@ -431,6 +455,9 @@ def main() -> int:
     ap.add_argument("--think-s", type=float, default=0.0, help="mean pause per task (seconds)")
     ap.add_argument("--client-procs", type=int, default=2, help="processes running the raters")
     ap.add_argument("--retry-fraction", type=float, default=0.1)
+    ap.add_argument(
+        "--skip-images", action="store_true", help="API only, as this benchmark was before"
+    )
     args = ap.parse_args()
     r = run(
         args.raters,
@@ -444,6 +471,7 @@ def main() -> int:
         ui=not args.no_ui,
         think_s=args.think_s,
         client_procs=args.client_procs,
+        fetch_images=not args.skip_images,
     )
 
     def ms(x: float | None) -> str:
@@ -456,11 +484,12 @@ def main() -> int:
     )
     print(f"next task:   p50 {ms(r['next_p50_ms'])}, p99 {ms(r['next_p99_ms'])}")
     print(f"vote:        p50 {ms(r['vote_p50_ms'])}, p99 {ms(r['vote_p99_ms'])}")
-    print(
-        f"task images ({r['images_per_task']} x {r['image_size']} px, 6 at a time): "
-        f"p50 {ms(r['images_p50_ms'])}, p99 {ms(r['images_p99_ms'])}; "
-        f"{r['image_refusals']} of {r['image_requests']} image requests refused (429) and retried"
-    )
+    if r["image_requests"]:
+        print(
+            f"task images ({r['images_per_task']} x {r['image_size']} px, 6 at a time): "
+            f"p50 {ms(r['images_p50_ms'])}, p99 {ms(r['images_p99_ms'])}; "
+            f"{r['image_requests']} images, {r['image_refusals']} answers 429 (retried)"
+        )
     if r["browsers"]:
         print(
             f"browser, Enter to next task shown with all images: p50 {ms(r['browser_p50_ms'])}, "
