@@ -78,7 +78,7 @@ def test_a_symlink_swapped_in_and_a_deeply_nested_body_get_a_clean_4xx(tmp_path)
 @pytest.mark.timeout(60)
 def test_a_sqlite_file_locked_by_another_process_delays_then_answers_503_not_500(tmp_path):
     study, _, _ = make_study(tmp_path, gold_tasks=0)
-    store = connect(study.root / "votes.sqlite3", retry_s=1.5)
+    store = connect(study.root / "votes.sqlite3", retry_s=3.0)
     svc = RatingService(study, store, limiter=NoRateLimit())
     client = TestClient(build_app(svc, ui=False), raise_server_exceptions=False)
     tokens = [add_rater(study, store, f"r{k}") for k in range(3)]
@@ -94,13 +94,13 @@ def test_a_sqlite_file_locked_by_another_process_delays_then_answers_503_not_500
 
     # Locked for less than the retry window: the request waits and succeeds.
     task = client.post("/api/v1/next", json={}, headers=_auth(tokens[0])).json()
-    releaser = hold(0.6)
+    releaser = hold(0.5)
     r = client.post("/api/v1/vote", json=_vote_body(task), headers=_auth(tokens[0]))
     releaser.join()
     assert r.status_code == 200, r.text
     # Locked for longer: a clean 503 with Retry-After, nothing half-stored ...
     task = client.post("/api/v1/next", json={}, headers=_auth(tokens[1])).json()
-    releaser = hold(4.0)
+    releaser = hold(6.0)
     r = client.post("/api/v1/vote", json=_vote_body(task), headers=_auth(tokens[1]))
     assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
     assert "unavailable" in r.json()["error"]

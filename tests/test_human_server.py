@@ -390,6 +390,8 @@ def test_a_revoked_raters_images_stop_answering(blinded):
     assert httpx.get(url).status_code == 200
     rater = store.rater_by_token(study.study_id, hash_token(token))
     store.revoke(study.study_id, rater.rater_id)
-    r = httpx.get(url)
+    deadline = time.monotonic() + 5  # the server re-reads revocations every second
+    while (r := httpx.get(url)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert r.status_code == 401 and "revoked" in r.json()["error"]
     assert server.post("/api/v1/next", token).status_code == 401

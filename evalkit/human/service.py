@@ -55,6 +55,7 @@ from evalkit.human.store import (
 from evalkit.human.study import ANSWERS, CHOICES, Study, question_text
 
 MAX_PAYLOAD_BYTES = 4096
+REVOKED_TTL_S = 1.0  # images of a revoked rater stop answering within this time
 _SLOT_RE = re.compile(r"^([ab])([0-9]{1,2})$")
 
 
@@ -138,6 +139,9 @@ class RatingService:
         self.counters = TaskCounters(study, store, clock=clock, resync_s=resync_s)
         self.images = BlindImageCache()
         self._roots = [r.resolve() for r in study.allowed_roots()]
+        self._revoked_lock = threading.Lock()
+        self._revoked_ids: set[str] = set()
+        self._revoked_read = float("-inf")
         self._assignments: dict[str, Assignment] = {}
         self._schedule_lock = threading.Lock()
         self._rng_lock = threading.Lock()
@@ -341,25 +345,37 @@ class RatingService:
         return receipt
 
     # ---------------------------------------------------------------- images
-    def image_file(self, assignment_id: object, slot: object) -> Path:
-        """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``.
-
-        Unknown references and images of revoked raters are NotFound; every image request
-        spends one unit of the rater's image bucket.
-        """
+    def _image_path(self, assignment_id: object, slot: object) -> Path:
         assignment_id = check_id(assignment_id, "image reference")
         m = _SLOT_RE.match(slot) if isinstance(slot, str) else None
         if m is None or int(m.group(2)) >= self.study.images_per_side:
             raise NotFound("unknown image")
-        access = self.store.image_access(self.study.study_id, assignment_id)
-        if access is None:
+        a = self._assignment(assignment_id)
+        if a is None:
             raise NotFound("unknown image")
-        a, revoked = access
-        if revoked:
+        if a.rater_id in self._revoked():
             raise AuthError("this access token was revoked: its images are no longer shown")
         self.image_limiter.take(a.rater_id)
         source = a.left_source if m.group(1) == "a" else a.right_source
-        path = self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))]
+        return self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))]
+
+    def _revoked(self) -> set[str]:
+        """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds."""
+        with self._revoked_lock:
+            now = time.monotonic()
+            if now - self._revoked_read > REVOKED_TTL_S:
+                self._revoked_ids = self.store.revoked_raters(self.study.study_id)
+                self._revoked_read = now
+            return self._revoked_ids
+
+    def image_file(self, assignment_id: object, slot: object) -> Path:
+        """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``.
+
+        Unknown references are NotFound, images of revoked raters AuthError (within
+        REVOKED_TTL_S of the revocation); every image request spends one unit of the rater's
+        image bucket.
+        """
+        path = self._image_path(assignment_id, slot)
         try:
             inside = any(path.resolve().is_relative_to(r) for r in self._roots)
         except (OSError, RuntimeError):  # a symlink loop swapped in under the running server
@@ -370,8 +386,7 @@ class RatingService:
 
     def image(self, assignment_id: object, slot: object) -> bytes:
         """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
-        path = self.image_file(assignment_id, slot)
-        return self.images.get(path, self._roots)
+        return self.images.get(self._image_path(assignment_id, slot), self._roots)
 
     # ---------------------------------------------------------------- admin
     def progress(self, admin_token: object) -> dict[str, Any]:

@@ -469,22 +469,6 @@ class Store(ABC):
         return self._assignment(row) if row else None
 
     @_retrying
-    def image_access(self, study_id: str, assignment_id: str) -> tuple[Assignment, bool] | None:
-        """(the assignment, whether its rater is revoked), or None for an unknown assignment."""
-        with self._transaction(write=False) as cur:
-            row = self._one(
-                cur,
-                f"SELECT {self._ASSIGNMENT_COLS_A}, x.revoked_at FROM rating_assignments a "
-                "LEFT JOIN rating_revocations x ON x.rater_id = a.rater_id "
-                "WHERE a.study_id = ? AND a.assignment_id = ?",
-                (study_id, assignment_id),
-            )
-        if row is None:
-            return None
-        revoked = row.pop("revoked_at") is not None
-        return self._assignment(row), revoked
-
-    @_retrying
     def create_assignment(self, a: Assignment) -> Assignment:
         """Store a new assignment; Conflict if the rater already has this task."""
         try:
