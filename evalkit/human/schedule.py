@@ -15,7 +15,8 @@
   of the same prompt (the clean gold set is one side of that comparison: seeing both would
   give the gold task away). A rater's next gold task is the one whose prompt needs the fewest
   further ratings (the prompts a rater is kept from cost the study least), and that prompt is
-  kept out of the rater's comparison tasks until then, unless nothing else is left.
+  kept out of the rater's comparison tasks until then, unless nothing else is left; among
+  equally rated tasks, the prompts of the rater's later gold tasks come last.
 
 The counts come from ``counters.TaskCounters`` (kept in memory), the rater's own tasks from
 the database.
@@ -94,9 +95,11 @@ def pick_task(
         and t.item_id not in gold_items
         and counts.get(t.task_id, 0) < target
     ]
-    # Keep the prompt of the rater's next gold task for that task, unless nothing else is left.
+    # Keep the prompt of the rater's next gold task for that task, unless nothing else is left;
+    # among equally rated tasks, prompts of the rater's later gold tasks come last.
     candidates = [t for t in open_tasks if next_gold is None or t.item_id != next_gold.item_id]
     candidates = candidates or open_tasks
+    later_gold = {t.item_id for t in golds}
     if not candidates:
         return None
     size: Counter[str] = Counter(t.category for t in tasks.values() if not t.is_gold)
@@ -113,6 +116,7 @@ def pick_task(
             key=lambda t: (
                 -round(sd.get(t.task_id, prior), 9),
                 counts.get(t.task_id, 0),
+                t.item_id in later_gold,
                 fill[t.category],
                 _order(rater_id, t.task_id),
             ),
@@ -121,6 +125,7 @@ def pick_task(
         candidates,
         key=lambda t: (
             counts.get(t.task_id, 0),
+            t.item_id in later_gold,
             fill[t.category],
             _order(study.study_id, t.task_id),
         ),
