@@ -75,6 +75,7 @@ _GRADIO_GET = re.compile(
 _GRADIO_POST = re.compile(r"^/gradio_api/(queue/join|cancel)$")
 _OWN = re.compile(r"^/(api/v1/|img/|healthz$|ek/)")
 _SCRIPT_TAG = re.compile(rb"<script\b")
+GRADIO_MAX_BODY = 64 * 1024  # a task's answers are a few hundred bytes
 API_THREADS = 16
 IMAGE_THREADS = 8
 KEEP_ALIVE_S = (
@@ -131,10 +132,20 @@ class GuardMiddleware:
             response = JSONResponse({"error": "not found"}, status_code=404)
             await response(scope, receive, self._with_headers(send, path, None))
             return
+        if method == "POST" and not _OWN.match(path) and self._too_large(scope):
+            response = JSONResponse({"error": "request too large"}, status_code=413)
+            await response(scope, receive, self._with_headers(send, path, None))
+            return
         if method == "GET" and path == "/":
             await self._page(scope, receive, send)
             return
         await self.app(scope, receive, self._with_headers(send, path, None))
+
+    @staticmethod
+    def _too_large(scope: Scope) -> bool:
+        """A Gradio event body without a length, or longer than GRADIO_MAX_BODY."""
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        return length is None or not length.isdigit() or int(length) > GRADIO_MAX_BODY
 
     def _allowed(self, path: str, method: str) -> bool:
         if _OWN.match(path):
