@@ -7,6 +7,7 @@ scripts/ci_chromium.sh). Screenshots go to tests/artifacts/ (git-ignored).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -213,9 +214,13 @@ def test_a_rater_whose_images_fail_to_load_cannot_submit_until_they_are_retried(
         page.keyboard.press("1")
         page.keyboard.press("q")
         page.keyboard.press("Enter")  # refused by the page
-        # Even a submit forced past the page is refused by the server.
-        page.evaluate("document.getElementById('ek-submit').disabled = false")
-        page.locator("#ek-submit").click()
+        # Even a submit forced past the page is refused by the server. Enabled and clicked in
+        # one script turn: the page's own check (every 250 ms) would disable it again between
+        # two Playwright calls.
+        page.evaluate(
+            "() => { const b = document.getElementById('ek-submit');"
+            " b.disabled = false; b.click(); }"
+        )
         expect(page.locator("#ek-status")).to_contain_text("Not saved", timeout=20_000)
         assert [v for v in store.votes(study.study_id) if v["rater_id"] == rater_id] == []
         page.screenshot(path=str(ARTIFACTS / "human_rating_app_images_failed.png"))
@@ -236,7 +241,7 @@ def test_a_rater_whose_images_fail_to_load_cannot_submit_until_they_are_retried(
 def test_the_all_done_page_offers_undo_by_button_and_key(small_study):
     study, store, _, server = small_study
     token = add_rater(study, store, "finisher")
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     for _ in range(len(study.items) - 1):  # all but the last task, straight through the service
         v = svc.next_task(token)
         svc.submit(token, v.assignment_id, {"fidelity": "A", "alignment": "A"}, v.submission_id)

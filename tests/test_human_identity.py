@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import random
 import stat
 
 import pytest
@@ -66,7 +67,7 @@ def test_cli_invite_refuses_a_taken_name_and_revoke_takes_an_id(tmp_path, capsys
 
 def test_revoked_raters_votes_are_flagged_and_can_be_excluded(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=0, ratings_per_item=3)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     keep, drop = add_rater(study, store, "keep"), add_rater(study, store, "drop")
     cast(svc, keep, lambda a, q: "a", limit=4)
     cast(svc, drop, lambda a, q: "b", limit=4)
@@ -102,7 +103,7 @@ def test_study_folder_files_and_database_are_private(tmp_path):
     assert main(["invite", str(study_dir), "--name", "ann"]) == 0
     study = load_study(study_dir)
     store = open_store_for(study, None)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     cast(svc, add_rater(study, store, "bea"), lambda a, q: "a", limit=1)  # writes the WAL
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in study_dir.rglob("*")}
     assert stat.S_IMODE(study_dir.stat().st_mode) == 0o700
@@ -135,7 +136,7 @@ def test_a_database_password_is_refused_on_the_command_line(tmp_path, capsys, mo
 
 def test_report_json_names_revoked_raters_by_id(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=0, ratings_per_item=2)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     token = add_rater(study, store, "=cmd|' /C calc'!A0")
     cast(svc, token, lambda a, q: "a", limit=2)
     from evalkit.human.report import write_report

@@ -7,6 +7,7 @@ acknowledged vote is lost.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -43,7 +44,7 @@ def _vote_body(task: dict) -> dict:
 
 def test_a_symlink_swapped_in_and_a_deeply_nested_body_get_a_clean_4xx(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=0, images_per_prompt=6, images_per_side=6)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     client = TestClient(build_app(svc, ui=False), raise_server_exceptions=False)
     token = add_rater(study, store, "ann")
     task = client.post("/api/v1/next", json={}, headers=_auth(token)).json()
@@ -79,7 +80,7 @@ def test_a_symlink_swapped_in_and_a_deeply_nested_body_get_a_clean_4xx(tmp_path)
 def test_a_sqlite_file_locked_by_another_process_delays_then_answers_503_not_500(tmp_path):
     study, _, _ = make_study(tmp_path, gold_tasks=0)
     store = connect(study.root / "votes.sqlite3", retry_s=3.0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     client = TestClient(build_app(svc, ui=False), raise_server_exceptions=False)
     tokens = [add_rater(study, store, f"r{k}") for k in range(3)]
     other = sqlite3.connect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -28,7 +29,7 @@ ANSWERS = {"fidelity": "A", "alignment": "B"}
 @pytest.fixture
 def env(tmp_path):
     study, store, admin = make_study(tmp_path, gold_tasks=2, gold_every=4)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     ann, bob = add_rater(study, store, "ann"), add_rater(study, store, "bob")
     return study, store, admin, svc, ann, bob
 
@@ -157,7 +158,10 @@ def test_rate_limit_refuses_with_a_clear_message_and_stores_nothing(tmp_path):
     study, store, _ = make_study(tmp_path)
     clock = [0.0]
     svc = RatingService(
-        study, store, limiter=RateLimiter(capacity=3, rate=1.0, clock=lambda: clock[0])
+        study,
+        store,
+        limiter=RateLimiter(capacity=3, rate=1.0, clock=lambda: clock[0]),
+        rng=random.Random(0),
     )
     tok = add_rater(study, store, "ann")
     view = svc.next_task(tok)  # 1
@@ -192,8 +196,6 @@ def test_images_are_served_only_by_opaque_reference_inside_the_runs(env):
 
 
 def test_sides_are_randomised_per_task(tmp_path):
-    import random
-
     study, store, _ = make_study(tmp_path, ratings_per_item=8, gold_tasks=0)
     # a seeded source: the share below is then fixed, not a 1-in-600 coin toss
     svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(20261203))
@@ -223,7 +225,7 @@ def test_task_order_differs_between_raters(env):
 
 def test_schedule_spreads_ratings_evenly_and_stops_at_the_target(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=3, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tokens = [add_rater(study, store, f"r{k}") for k in range(5)]
     per_rater = Counter()
     progress = True
@@ -244,7 +246,7 @@ def test_schedule_spreads_ratings_evenly_and_stops_at_the_target(tmp_path):
 
 def test_first_ratings_cover_every_category_before_any_item_gets_a_second(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=3, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, "ann")
     cats = []
     for _ in range(4):
@@ -256,7 +258,7 @@ def test_first_ratings_cover_every_category_before_any_item_gets_a_second(tmp_pa
 
 def test_gold_tasks_are_mixed_in_at_the_configured_rate(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=2, gold_every=4, ratings_per_item=5)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, "ann")
     kinds = []
     for _ in range(8):
@@ -271,7 +273,7 @@ def test_gold_tasks_are_mixed_in_at_the_configured_rate(tmp_path):
 
 def test_adaptive_schedule_prefers_the_most_uncertain_outcome(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=4, gold_tasks=0, schedule="adaptive")
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     # Two raters agree on most items and split on db-003.
     for name in ("x", "y"):
         tok = add_rater(study, store, name)
@@ -307,7 +309,7 @@ def test_prompts_and_rater_names_are_escaped_in_html(tmp_path):
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     items = [("db-000", evil, "Colors"), ("db-001", "A cat.", "Animals")]
     study, store, admin = make_study(tmp_path, items=items, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, evil)
     while (v := svc.next_task(tok)).caption != evil:
         svc.submit(tok, v.assignment_id, ANSWERS, v.submission_id)
@@ -327,8 +329,6 @@ def test_prompts_and_rater_names_are_escaped_in_html(tmp_path):
 
 
 def test_the_default_side_source_is_cryptographic_and_tests_can_seed_it(tmp_path):
-    import random
-
     study, store, _ = make_study(tmp_path, gold_tasks=0)
     assert isinstance(RatingService(study, store).rng, random.SystemRandom)
     sides = []
@@ -345,7 +345,7 @@ def test_the_default_side_source_is_cryptographic_and_tests_can_seed_it(tmp_path
 
 def test_gold_accuracy_counts_gold_tasks_not_questions(tmp_path):
     study, store, admin = make_study(tmp_path, gold_tasks=2, gold_every=2, ratings_per_item=3)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, "ann")
     golds = 0
     while (v := svc.next_task(tok)) is not None:
@@ -373,7 +373,7 @@ def test_gold_accuracy_counts_gold_tasks_not_questions(tmp_path):
 
 def test_no_rater_gets_a_gold_task_and_a_comparison_of_the_same_prompt(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=4, gold_every=2, ratings_per_item=8)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tasks = study.tasks()
     golds_given = 0
     for k in range(8):
