@@ -89,6 +89,9 @@ def test_revoked_raters_votes_are_flagged_and_can_be_excluded(tmp_path):
     assert strict["preferences"][0]["overall"]["p_a"] == 1.0
     by_id = compute_report(study, store, exclude_raters=[dropped.rater_id], n_resamples=100)
     assert by_id["counts"]["raters_used"] == 1
+    # by name, compared as invite and revoke compare names (case, spaces)
+    by_name = compute_report(study, store, exclude_raters=["  DROP "], n_resamples=100)
+    assert by_name["filters"]["excluded"][0]["rater_id"] == dropped.rater_id
 
     _, text = export_votes(study, store, "csv")
     flags = {(r["rater_name"], r["rater_revoked"]) for r in csv.DictReader(io.StringIO(text))}

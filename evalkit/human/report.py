@@ -30,7 +30,7 @@ from evalkit.human.bradley_terry import bradley_terry_with_intervals, win_matric
 from evalkit.human.gold import gold_outcomes
 from evalkit.human.plots import plot_preferences
 from evalkit.human.runs import load_run
-from evalkit.human.security import csv_safe
+from evalkit.human.security import csv_safe, name_key
 from evalkit.human.stats import (
     DEFAULT_RESAMPLES,
     cluster_bootstrap,
@@ -91,13 +91,17 @@ def _task_seconds(votes: Iterable[Mapping[str, Any]]) -> list[float]:
 
 
 def resolve_raters(quality: Mapping[str, Mapping[str, Any]], wanted: Iterable[str]) -> set[str]:
-    """Rater ids for ``wanted`` (rater ids or names); UsageError for unknown or ambiguous names."""
+    """Rater ids for ``wanted`` (rater ids or names); UsageError for unknown or ambiguous names.
+
+    Names are compared as ``invite`` and ``revoke`` compare them (``name_key``: without case,
+    width or extra spaces).
+    """
     ids: set[str] = set()
     for w in wanted:
         if w in quality:
             ids.add(w)
             continue
-        named = sorted(rid for rid, q in quality.items() if q["name"] == w)
+        named = sorted(rid for rid, q in quality.items() if name_key(q["name"]) == name_key(w))
         if len(named) > 1:
             raise UsageError(
                 f"--exclude-rater {w!r}: {len(named)} raters share this name "
