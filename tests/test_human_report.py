@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def cast(svc: RatingService, token: str, decide, limit: int | None = None) -> in
 
 def test_report_reproduces_a_70_10_20_split_per_question(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=10, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     for k in range(10):
         tok = add_rater(study, store, f"r{k}")
         verdict = "a" if k < 7 else ("tie" if k == 7 else "b")
@@ -62,13 +63,13 @@ def test_report_reproduces_a_70_10_20_split_per_question(tmp_path):
 
 def test_low_gold_accuracy_raters_are_excluded_and_recorded(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=3, gold_tasks=2, gold_every=3)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     good = [add_rater(study, store, n) for n in ("good1", "good2")]
     for tok in good:
         cast(svc, tok, lambda a, q: "clean" if a.is_gold else "a")
     lazy = add_rater(study, store, "lazy")
     # clicks the left set on every pair and misses the gold checks (decided here: sides are
-    # drawn by SystemRandom, so an always-left rater would pass both golds one time in four)
+    # drawn at random, so an always-left rater would pass both golds one time in four)
     cast(svc, lazy, lambda a, q: "degraded" if a.is_gold else "left")
     full = compute_report(study, store, n_resamples=200)
     lazy_row = next(r for r in full["rater_quality"]["per_rater"] if r["name"] == "lazy")
@@ -101,7 +102,7 @@ def test_bradley_terry_and_metric_agreement_with_three_runs(tmp_path):
     )
     store = connect(study.root / "votes.sqlite3")
     store.register_study(study.study_id, {})
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     rank = {k: strength[r.run_id] for k, r in study.runs.items()}
     for k in range(3):
         tok = add_rater(study, store, f"r{k}")
@@ -121,7 +122,7 @@ def test_bradley_terry_and_metric_agreement_with_three_runs(tmp_path):
 
 def test_write_report_writes_json_csv_markdown_and_plots(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=2)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     for k in range(2):
         cast(svc, add_rater(study, store, f"=cmd|{k}"), lambda a, q: "clean" if a.is_gold else "a")
     out = write_report(study.root, n_resamples=200)
@@ -140,7 +141,7 @@ def test_write_report_writes_json_csv_markdown_and_plots(tmp_path):
 
 def test_preference_summary_is_compact_and_json_ready(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=2, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     cast(svc, add_rater(study, store, "ann"), lambda a, q: "b")
     from evalkit.human import preference_summary as lazy_summary
 
@@ -188,7 +189,7 @@ def test_cli_create_invite_revoke_report_export(tmp_path, capsys):
     from evalkit.human.report import open_store_for
 
     store = open_store_for(study, None)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     cast(svc, token, lambda a, q: "clean" if a.is_gold else "a", limit=4)
 
     assert main(["revoke", str(study_dir), "--name", "ann"]) == 0
@@ -230,3 +231,17 @@ def test_cli_refuses_mismatched_runs_and_unknown_studies(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing")]) == 3
     assert "unknown study" in capsys.readouterr().err
     assert main(["revoke", str(tmp_path / "missing"), "--name", "x"]) == 3
+
+
+def test_every_report_csv_prefixes_cells_that_would_start_a_formula(tmp_path):
+    items = [("db-000", "A cat.", "=1+1"), ("db-001", "A dog.", "@SUM(A1)"), ("db-002", "x", "-2")]
+    study, store, _ = make_study(tmp_path, items=items, ratings_per_item=1, gold_tasks=0)
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
+    cast(svc, add_rater(study, store, "+cmd"), lambda a, q: "a")
+    out = write_report(study.root, n_resamples=100)
+    for name in ("preferences.csv", "raters.csv"):
+        for row in csv.reader((out / name).open()):
+            for cell in row:
+                assert cell[:1] not in ("=", "+", "-", "@"), (name, cell)
+    categories = {r["category"] for r in csv.DictReader((out / "preferences.csv").open())}
+    assert categories == {"overall", "'=1+1", "'@SUM(A1)", "'-2"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,9 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from evalkit.human.demo import add_rater, make_study
+from evalkit.human.security import hash_token
 
 PG_URL = os.environ.get("EVALKIT_TEST_PG_URL")
 BACKENDS = [
@@ -36,10 +41,17 @@ def free_port() -> int:
 
 
 class Server:
-    """``evalkit rate serve`` in a child process."""
+    """``evalkit rate serve`` in a child process (the database URL goes in by environment)."""
 
     def __init__(
-        self, study_dir: Path, db: str | None, log: Path, ui: bool = True, cwd: Path | None = None
+        self,
+        study_dir: Path,
+        db: str | None,
+        log: Path,
+        ui: bool = True,
+        cwd: Path | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,13 +63,18 @@ class Server:
             str(study_dir),
             "--port",
             str(self.port),
+            *args,
         ]
-        if db:
-            cmd += ["--db", db]
         if not ui:
             cmd.append("--no-ui")
+        environ = {**os.environ, **(env or {})}
+        environ.pop("EVALKIT_RATE_DB", None)
+        if db:
+            environ["EVALKIT_RATE_DB"] = db
         self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd, env=environ
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -138,7 +155,15 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     study, store, admin = make_study(root, gold_tasks=0)
     tokens = {name: add_rater(study, store, name) for name in ("ann", "bob")}
-    server = Server(study.root, None, root / "server.log", cwd=root)  # runs below the cwd
+    gradio_tmp = root / "gradio-tmp"
+    server = Server(
+        study.root,
+        None,
+        root / "server.log",
+        cwd=root,  # runs below the cwd
+        env={"GRADIO_TEMP_DIR": str(gradio_tmp)},
+    )
+    server.gradio_tmp = gradio_tmp
     yield study, store, admin, tokens, server
     server.stop()
 
@@ -187,7 +212,9 @@ def test_images_are_served_by_opaque_id_and_run_folders_are_not_reachable(served
     expected = (
         Path(study.runs[a.left_source].path) / study.items[a.item_id].images[a.left_source][0]
     )
-    assert r.status_code == 200 and r.content == expected.read_bytes()
+    assert r.status_code == 200
+    with Image.open(io.BytesIO(r.content)) as shown, Image.open(expected) as source:
+        assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(source.convert("RGB")))
     assert (
         r.headers["content-type"] == "image/png"
         and r.headers["x-content-type-options"] == "nosniff"
@@ -237,9 +264,134 @@ def test_admin_endpoints_need_the_admin_token(served):
 
 
 @pytest.mark.slow
-def test_repeated_failed_tokens_from_one_client_are_locked_out(served):
-    _, _, _, _, server = served
+def test_repeated_failed_tokens_from_one_client_are_throttled_but_valid_tokens_still_work(served):
+    _, _, _, tokens, server = served
     statuses = [server.post("/api/v1/next", "y" * 43).status_code for _ in range(40)]
     assert statuses[0] == 401 and statuses[-1] == 429
     r = server.post("/api/v1/next", "y" * 43)
     assert "Retry-After" in r.headers and "wait" in r.json()["error"]
+    assert server.post("/api/v1/next", tokens["bob"]).status_code == 200  # same address
+
+
+@pytest.mark.slow
+def test_gradio_upload_file_and_api_routes_are_closed_to_everyone(served):
+    study, _, admin, tokens, server = served
+    payload = b"x" * 1_000_000
+    for token in (None, tokens["ann"], admin):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        for path in ("/gradio_api/upload", "/upload", "/gradio_api/upload?upload_id=abc"):
+            r = httpx.post(
+                server.url + path, files={"files": ("a.bin", payload)}, headers=headers, timeout=30
+            )
+            assert r.status_code == 404, (path, r.status_code)
+    for method, path in (
+        ("POST", "/gradio_api/run/predict"),
+        ("POST", "/gradio_api/call/on_load"),
+        ("POST", "/gradio_api/api/predict"),
+        ("POST", "/gradio_api/reset"),
+        ("POST", "/gradio_api/component_server"),
+        ("POST", "/gradio_api/process_recording"),
+        ("GET", "/gradio_api/info"),
+        ("GET", "/gradio_api/openapi.json"),
+        ("GET", f"/gradio_api/file={study.root / 'study.json'}"),
+        ("GET", "/gradio_api/upload_progress?upload_id=abc"),
+        ("GET", "/monitoring"),
+    ):
+        r = httpx.request(method, server.url + path, timeout=30)
+        assert r.status_code == 404, (path, r.status_code)
+    stored = [p for p in server.gradio_tmp.rglob("*") if p.is_file()]
+    assert stored == [], f"the server wrote files: {stored[:5]}"
+
+
+@pytest.mark.slow
+def test_pages_carry_a_content_security_policy_with_a_fresh_nonce(served):
+    _, _, _, tokens, server = served
+    first, second = httpx.get(server.url + "/"), httpx.get(server.url + "/")
+    csp = first.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";") if d.strip())
+    nonce = re.search(r"'nonce-([A-Za-z0-9_-]+)'", directives["script-src"]).group(1)
+    assert "'unsafe-inline'" not in directives["script-src"]
+    assert directives["frame-ancestors"] == "'none'" and directives["connect-src"] == "'self'"
+    assert directives["object-src"] == "'none'" and "http" not in csp
+    tags = re.findall(r"<script\b[^>]*>", first.text)
+    assert tags and all(f'nonce="{nonce}"' in t for t in tags)
+    assert nonce not in second.headers["content-security-policy"]
+    api = server.post("/api/v1/next", tokens["bob"])
+    assert api.headers["content-security-policy"].startswith("default-src 'none'")
+
+
+# ---------------------------------------------------------------------- blinding
+
+
+@pytest.fixture(scope="module")
+def blinded(tmp_path_factory):
+    """A study whose files give the runs and gold tasks away (size, time); the API only."""
+    root = tmp_path_factory.mktemp("blinded")
+    study, store, _ = make_study(root, gold_tasks=4, gold_every=2, ratings_per_item=3)
+    old = time.time() - 3600
+    for path in (Path(study.runs["r0"].path) / "images").glob("*.png"):
+        Image.new("RGB", (32, 32), (200, 30, 30)).save(path)  # compresses far better
+        os.utime(path, (old, old))  # and written an hour before the other run
+    server = Server(study.root, None, root / "server.log", ui=False)
+    yield study, store, server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_image_headers_do_not_tell_the_sides_or_gold_tasks_apart(blinded):
+    study, store, server = blinded
+    files = {
+        kind: study.side_images(task, source)[0]
+        for kind, task, source in (
+            ("r0", study.tasks()["p0:db-000"], "r0"),
+            ("r1", study.tasks()["p0:db-000"], "r1"),
+            ("degraded", study.tasks()["gold:g0"], "degraded"),
+        )
+    }
+    stats = {k: p.stat() for k, p in files.items()}
+    assert len({s.st_size for s in stats.values()}) == 3  # the files do differ
+    assert len({int(s.st_mtime) for s in stats.values()}) >= 2
+    token = add_rater(study, store, "devtools")
+    seen: dict[tuple, set[str]] = {}
+    kinds = set()
+    for _ in range(6):
+        task = server.post("/api/v1/next", token).json()
+        a = store.assignment(study.study_id, task["assignment_id"])
+        for side, urls in (("left", task["set_a"]), ("right", task["set_b"])):
+            source = a.left_source if side == "left" else a.right_source
+            for url in urls:
+                r = httpx.get(f"{server.url}/{url}")
+                assert r.status_code == 200
+                headers = tuple(sorted((k, v) for k, v in r.headers.items() if k != "date"))
+                seen.setdefault(headers, set()).add(source)
+                kinds.add(source)
+        server.post(
+            "/api/v1/vote",
+            token,
+            {
+                "assignment_id": task["assignment_id"],
+                "submission_id": task["submission_id"],
+                "answers": ANSWERS,
+            },
+        )
+    assert {"r0", "r1", "clean", "degraded"} <= kinds  # both runs and gold tasks were served
+    assert len(seen) == 1, f"headers differ by source: {list(seen.values())}"
+    (headers,) = seen
+    names = {k for k, _ in headers}
+    assert not names & {"last-modified", "etag", "content-disposition", "accept-ranges"}
+
+
+@pytest.mark.slow
+def test_a_revoked_raters_images_stop_answering(blinded):
+    study, store, server = blinded
+    token = add_rater(study, store, "carol")
+    task = server.post("/api/v1/next", token).json()
+    url = f"{server.url}/{task['set_b'][1]}"
+    assert httpx.get(url).status_code == 200
+    rater = store.rater_by_token(study.study_id, hash_token(token))
+    store.revoke(study.study_id, rater.rater_id)
+    deadline = time.monotonic() + 5  # the server re-reads revocations every second
+    while (r := httpx.get(url)).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert r.status_code == 401 and "revoked" in r.json()["error"]
+    assert server.post("/api/v1/next", token).status_code == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -10,6 +11,7 @@ from evalkit.human.demo import DEMO_ITEMS, add_rater, make_study
 from evalkit.human.errors import (
     AuthError,
     BadRequest,
+    Conflict,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -27,7 +29,7 @@ ANSWERS = {"fidelity": "A", "alignment": "B"}
 @pytest.fixture
 def env(tmp_path):
     study, store, admin = make_study(tmp_path, gold_tasks=2, gold_every=4)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     ann, bob = add_rater(study, store, "ann"), add_rater(study, store, "bob")
     return study, store, admin, svc, ann, bob
 
@@ -156,7 +158,10 @@ def test_rate_limit_refuses_with_a_clear_message_and_stores_nothing(tmp_path):
     study, store, _ = make_study(tmp_path)
     clock = [0.0]
     svc = RatingService(
-        study, store, limiter=RateLimiter(capacity=3, rate=1.0, clock=lambda: clock[0])
+        study,
+        store,
+        limiter=RateLimiter(capacity=3, rate=1.0, clock=lambda: clock[0]),
+        rng=random.Random(0),
     )
     tok = add_rater(study, store, "ann")
     view = svc.next_task(tok)  # 1
@@ -192,7 +197,8 @@ def test_images_are_served_only_by_opaque_reference_inside_the_runs(env):
 
 def test_sides_are_randomised_per_task(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=8, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    # a seeded source: the share below is then fixed, not a 1-in-600 coin toss
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(20261203))
     lefts = Counter()
     for k in range(8):
         tok = add_rater(study, store, f"r{k}")
@@ -219,7 +225,7 @@ def test_task_order_differs_between_raters(env):
 
 def test_schedule_spreads_ratings_evenly_and_stops_at_the_target(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=3, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tokens = [add_rater(study, store, f"r{k}") for k in range(5)]
     per_rater = Counter()
     progress = True
@@ -240,7 +246,7 @@ def test_schedule_spreads_ratings_evenly_and_stops_at_the_target(tmp_path):
 
 def test_first_ratings_cover_every_category_before_any_item_gets_a_second(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=3, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, "ann")
     cats = []
     for _ in range(4):
@@ -252,7 +258,7 @@ def test_first_ratings_cover_every_category_before_any_item_gets_a_second(tmp_pa
 
 def test_gold_tasks_are_mixed_in_at_the_configured_rate(tmp_path):
     study, store, _ = make_study(tmp_path, gold_tasks=2, gold_every=4, ratings_per_item=5)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, "ann")
     kinds = []
     for _ in range(8):
@@ -267,7 +273,7 @@ def test_gold_tasks_are_mixed_in_at_the_configured_rate(tmp_path):
 
 def test_adaptive_schedule_prefers_the_most_uncertain_outcome(tmp_path):
     study, store, _ = make_study(tmp_path, ratings_per_item=4, gold_tasks=0, schedule="adaptive")
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     # Two raters agree on most items and split on db-003.
     for name in ("x", "y"):
         tok = add_rater(study, store, name)
@@ -303,7 +309,7 @@ def test_prompts_and_rater_names_are_escaped_in_html(tmp_path):
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     items = [("db-000", evil, "Colors"), ("db-001", "A cat.", "Animals")]
     study, store, admin = make_study(tmp_path, items=items, gold_tasks=0)
-    svc = RatingService(study, store, limiter=NoRateLimit())
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
     tok = add_rater(study, store, evil)
     while (v := svc.next_task(tok)).caption != evil:
         svc.submit(tok, v.assignment_id, ANSWERS, v.submission_id)
@@ -317,3 +323,96 @@ def test_prompts_and_rater_names_are_escaped_in_html(tmp_path):
     assert (
         load_study(study.root).items["db-000"].prompt == evil
     )  # stored as given, escaped when shown
+
+
+# ---------------------------------------------------------------------- issue 9 defects
+
+
+def test_the_default_side_source_is_cryptographic_and_tests_can_seed_it(tmp_path):
+    study, store, _ = make_study(tmp_path, gold_tasks=0)
+    assert isinstance(RatingService(study, store).rng, random.SystemRandom)
+    sides = []
+    for run in range(2):
+        svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(7))
+        tok = add_rater(study, store, f"seeded{run}")
+        seq = []
+        while (v := svc.next_task(tok)) is not None:
+            seq.append(store.assignment(study.study_id, v.assignment_id).left_source)
+            svc.submit(tok, v.assignment_id, ANSWERS, v.submission_id)
+        sides.append(seq)
+    assert sides[0] == sides[1] and len(set(sides[0])) == 2  # same seed, same sides
+
+
+def test_gold_accuracy_counts_gold_tasks_not_questions(tmp_path):
+    study, store, admin = make_study(tmp_path, gold_tasks=2, gold_every=2, ratings_per_item=3)
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
+    tok = add_rater(study, store, "ann")
+    golds = 0
+    while (v := svc.next_task(tok)) is not None:
+        a = store.assignment(study.study_id, v.assignment_id)
+        if a.is_gold:
+            clean = "A" if a.left_source == "clean" else "B"
+            wrong = "B" if clean == "A" else "A"
+            # first gold: clean on both questions (passed); second: clean on one only (failed)
+            answers = {"fidelity": clean, "alignment": clean if golds == 0 else wrong}
+            golds += 1
+        else:
+            answers = ANSWERS
+        svc.submit(tok, v.assignment_id, answers, v.submission_id)
+    assert golds == 2
+    row = next(r for r in svc.progress(admin)["per_rater"] if r["name"] == "ann")
+    assert (row["gold_tasks"], row["gold_passed"], row["gold_accuracy"]) == (2, 1, 0.5)
+    assert "50% of 2 task(s)" in render_admin(svc.progress(admin))
+    from evalkit.human.report import compute_report
+
+    report = compute_report(study, store, n_resamples=100)
+    (q,) = report["rater_quality"]["per_rater"]
+    assert (q["gold_tasks"], q["gold_accuracy"]) == (2, 0.5)
+    assert report["rater_quality"]["gold_tasks"] == 2
+
+
+def test_no_rater_gets_a_gold_task_and_a_comparison_of_the_same_prompt(tmp_path):
+    study, store, _ = make_study(tmp_path, gold_tasks=4, gold_every=2, ratings_per_item=8)
+    svc = RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0))
+    tasks = study.tasks()
+    golds_given = 0
+    for k in range(8):
+        tok = add_rater(study, store, f"r{k}")
+        seen = []
+        while (v := svc.next_task(tok)) is not None:
+            seen.append(tasks[store.assignment(study.study_id, v.assignment_id).task_id])
+            svc.submit(tok, v.assignment_id, ANSWERS, v.submission_id)
+        gold_items = {t.item_id for t in seen if t.is_gold}
+        regular_items = {t.item_id for t in seen if not t.is_gold}
+        assert not gold_items & regular_items, (k, gold_items & regular_items)
+        golds_given += len(gold_items)
+    assert golds_given >= 8  # gold checks still happen (at least one per rater on average)
+
+
+def test_resending_an_undone_submission_is_refused_not_reported_as_counted(env):
+    study, store, _, svc, ann, _ = env
+    v = svc.next_task(ann)
+    first = svc.submit(ann, v.assignment_id, ANSWERS, v.submission_id)
+    assert not first.duplicate
+    assert svc.submit(ann, v.assignment_id, ANSWERS, v.submission_id).duplicate  # a plain retry
+    svc.undo(ann)
+    with pytest.raises(Conflict, match="undone"):
+        svc.submit(ann, v.assignment_id, ANSWERS, v.submission_id)
+    assert store.votes(study.study_id) == []  # nothing counts
+
+
+@pytest.mark.parametrize(
+    ("caption", "question"),
+    [
+        ("A red vase.", "Which set of images better represents the text caption: A red vase?"),
+        ("A red vase", "Which set of images better represents the text caption: A red vase?"),
+        ("Is it a vase?", "Which set of images better represents the text caption: Is it a vase?"),
+        ("Wow!", "Which set of images better represents the text caption: Wow!"),
+        ("...", "Which set of images better represents the text caption: ...?"),
+    ],
+)
+def test_the_alignment_question_does_not_double_the_captions_punctuation(caption, question):
+    from evalkit.human.study import question_text
+
+    assert question_text("alignment", caption) == question
+    assert question_text("fidelity", caption) == "Which set of images is of higher quality?"

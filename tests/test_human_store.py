@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -41,7 +42,12 @@ def backend(request):
 def _setup(tmp_path: Path, backend: str, **kw):
     db = PG_URL if backend == "postgresql" else None
     study, store, admin = make_study(tmp_path, db=db, **kw)
-    return study, store, admin, RatingService(study, store, limiter=NoRateLimit())
+    return (
+        study,
+        store,
+        admin,
+        RatingService(study, store, limiter=NoRateLimit(), rng=random.Random(0)),
+    )
 
 
 def _rows(store, study):
@@ -161,7 +167,7 @@ def test_concurrent_writer_threads_lose_nothing(tmp_path, backend):
 
 def _process_worker(study_dir: str, db: str, tokens: list[str], n: int, out) -> None:  # noqa: ANN001
     study = load_study(study_dir)
-    svc = RatingService(study, connect(db), limiter=NoRateLimit())
+    svc = RatingService(study, connect(db), limiter=NoRateLimit(), rng=random.Random(0))
     acked: list[str] = []
     for tok in tokens:
         _rate(svc, tok, n, acked)
@@ -233,7 +239,9 @@ def test_undo_is_an_event_and_effective_votes_exclude_the_undone_one(tmp_path, b
 def test_undo_is_limited_to_the_latest_vote_within_the_window(tmp_path, backend):
     study, store, _, _ = _setup(tmp_path, backend)
     now = [1000.0]
-    svc = RatingService(study, store, limiter=NoRateLimit(), clock=lambda: now[0])
+    svc = RatingService(
+        study, store, limiter=NoRateLimit(), clock=lambda: now[0], rng=random.Random(0)
+    )
     tok = add_rater(study, store, "ann")
     with pytest.raises(Conflict, match="nothing to undo"):
         svc.undo(tok)
@@ -269,7 +277,10 @@ def test_a_rater_never_gets_the_same_task_twice(tmp_path, backend):
     while (v := svc.next_task(tok)) is not None:
         seen.append(store.assignment(study.study_id, v.assignment_id).task_id)
         svc.submit(tok, v.assignment_id, ANSWERS, v.submission_id)
-    assert len(seen) == len(set(seen)) == len(study.tasks())
+    # every task once, except the comparison of the gold task's prompt (it would give the gold away)
+    (gold,) = study.gold.values()
+    assert len(seen) == len(set(seen)) == len(study.tasks()) - 1
+    assert f"gold:{gold.gold_id}" in seen and f"p0:{gold.item_id}" not in seen
 
 
 def test_sqlite_store_runs_in_wal_mode_with_full_sync(tmp_path):

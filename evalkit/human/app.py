@@ -1,30 +1,36 @@
 """The Gradio rating app. Every handler goes through ``RatingService``; nothing here decides.
 
-Raters arrive with ``/?token=...``. Without a valid token only a notice and a token box
-are shown. A rater sees one task at a time: the caption, two anonymous image sets (sides
-randomised per task by the service), the study's questions with the paper's answers,
-Submit and Undo. Keyboard: 1/2/3 answer the first question, q/w/e (or 4/5/6) the second,
-Enter submits, u undoes, a click on an image enlarges it (Esc closes). The admin token
-opens a progress view with exports instead.
+Raters arrive with ``/?token=...``; the page moves the token into the tab's sessionStorage
+and out of the address bar before it talks to the server. Without a valid token only a
+notice and a token box are shown. A rater sees one task at a time: the caption, two
+anonymous image sets (sides randomised per task by the service), then a bar that stays on
+screen with the study's questions, the paper's answers, Submit and Undo. Submit stays
+disabled until every image of the task has loaded (failed images are retried), and the
+server refuses a submission whose page did not report all images shown. Keyboard: 1/2/3 the
+first question, q/w/e (or 4/5/6) the second, Enter submits, u undoes (also on the "All done"
+page), a click enlarges an image to the screen (arrow keys step, Esc closes). The admin token
+opens a progress view; its exports download through the admin-token API.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from evalkit.human.errors import RatingError  # noqa: E402
+from evalkit.human.errors import RateLimited, RatingError  # noqa: E402
 from evalkit.human.pages import (  # noqa: E402
     CSS,
     HEAD,
     KEYS_HELP,
+    LOAD_JS,
     NO_ACCESS,
+    SUBMIT_JS,
+    TOKEN_JS,
+    images_ready,
     render_admin,
     render_caption,
     render_error,
@@ -32,11 +38,13 @@ from evalkit.human.pages import (  # noqa: E402
     render_question,
     render_sets,
 )
+from evalkit.human.security import RateLimiter  # noqa: E402
 from evalkit.human.service import RatingService  # noqa: E402
 from evalkit.human.study import ANSWERS  # noqa: E402
 
 LABEL_TO_CHOICE = {label: choice for choice, label in ANSWERS.items()}
 RADIO_CHOICES = [ANSWERS["A"], ANSWERS["tie"], ANSWERS["B"]]
+DONE = "<h2>All done</h2><p>There is nothing left for you to rate. Thank you!</p>"
 
 
 def theme() -> gr.themes.Base:
@@ -45,55 +53,72 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
-def build_blocks(service: RatingService) -> gr.Blocks:
-    """The Gradio Blocks of one study (mount with css=CSS and head=HEAD)."""
+def _html(**kw: Any) -> gr.HTML:
+    """An HTML block that runs no script of its own (the page script does everything)."""
+    return gr.HTML(js_on_load=None, **kw)
+
+
+def build_blocks(service: RatingService, failed_auth: RateLimiter | None = None) -> gr.Blocks:
+    """The Gradio Blocks of one study (mount with css=CSS and head=HEAD).
+
+    ``failed_auth`` counts failed tokens per client address (as for the JSON API): past its
+    budget a wrong token is answered "wait N s"; a valid token always opens.
+    """
     study = service.study
     questions = list(study.questions)
+    n_images = 2 * study.images_per_side
 
     with gr.Blocks(title="Image preference study", analytics_enabled=False) as demo:
         token_state = gr.State(None)
         view_state = gr.State(None)  # (assignment_id, submission_id) of the task on screen
+        token_in = gr.Textbox(visible="hidden", elem_id="ek-token-in")
+        image_state = gr.Textbox(visible="hidden", elem_id="ek-image-state")
 
         with gr.Column(visible=True) as gate_col:
-            gate_html = gr.HTML(NO_ACCESS, elem_id="ek-gate")
+            gate_html = _html(value=NO_ACCESS, elem_id="ek-gate")
             token_box = gr.Textbox(
                 label="Access token", type="password", max_lines=1, max_length=128
             )
             token_btn = gr.Button("Enter")
 
         with gr.Column(visible=False) as rate_col:
-            progress_html = gr.HTML(elem_id="ek-progress")
-            caption_html = gr.HTML(elem_id="ek-caption")
-            sets_html = gr.HTML(elem_id="ek-sets")
-            q_html: list[gr.HTML] = []
-            radios: list[gr.Radio] = []
-            for n, _q in enumerate(questions):
-                q_html.append(gr.HTML(elem_id=f"ek-qtext{n}"))
-                radios.append(
-                    gr.Radio(
-                        RADIO_CHOICES,
-                        value=None,
-                        show_label=False,
-                        elem_id=f"ek-q{n}",
-                        interactive=True,
+            progress_html = _html(elem_id="ek-progress")
+            caption_html = _html(elem_id="ek-caption")
+            sets_html = _html(elem_id="ek-sets")
+            with gr.Column(elem_id="ek-answerbar"):
+                q_html: list[gr.HTML] = []
+                radios: list[gr.Radio] = []
+                for n, _q in enumerate(questions):
+                    q_html.append(_html(elem_id=f"ek-qtext{n}"))
+                    radios.append(
+                        gr.Radio(
+                            RADIO_CHOICES,
+                            value=None,
+                            show_label=False,
+                            elem_id=f"ek-q{n}",
+                            interactive=True,
+                            container=False,
+                        )
                     )
+                with gr.Row(equal_height=True):
+                    submit_btn = gr.Button(
+                        "Submit (Enter)", variant="primary", elem_id="ek-submit", scale=2
+                    )
+                    undo_btn = gr.Button("Undo last vote (u)", elem_id="ek-undo", scale=1)
+                _html(
+                    value="<div class='ek-imgnote' aria-live='polite'></div>", elem_id="ek-imgnote"
                 )
-            with gr.Row():
-                submit_btn = gr.Button("Submit (Enter)", variant="primary", elem_id="ek-submit")
-                undo_btn = gr.Button("Undo last vote (u)", elem_id="ek-undo")
-            status_html = gr.HTML(elem_id="ek-status")
-            gr.HTML(KEYS_HELP)
+                status_html = _html(elem_id="ek-status")
+            _html(value=KEYS_HELP)
 
         with gr.Column(visible=False) as done_col:
-            done_html = gr.HTML(elem_id="ek-done")
+            done_html = _html(elem_id="ek-done")
+            undo_done_btn = gr.Button("Undo last vote (u)", elem_id="ek-undo-done")
+            done_status_html = _html(elem_id="ek-done-status")
 
         with gr.Column(visible=False) as admin_col:
-            admin_html = gr.HTML(elem_id="ek-admin")
-            with gr.Row():
-                refresh_btn = gr.Button("Refresh")
-                csv_btn = gr.Button("Export CSV")
-                json_btn = gr.Button("Export JSON")
-            export_file = gr.File(label="Export", interactive=False)
+            admin_html = _html(elem_id="ek-admin")
+            refresh_btn = gr.Button("Refresh")
 
         task_outputs = [
             gate_col,
@@ -108,12 +133,23 @@ def build_blocks(service: RatingService) -> gr.Blocks:
             *radios,
             status_html,
             done_html,
+            done_status_html,
+            undo_done_btn,
             admin_html,
             view_state,
             token_state,
         ]
 
-        def screen(token: str | None, status: str = "") -> dict:
+        def refuse(client: str | None, exc: RatingError) -> str:
+            """The message for a refused token; past the address's budget, a wait."""
+            if failed_auth is not None and client:
+                try:
+                    failed_auth.take(f"fail:{client}")
+                except RateLimited as limited:
+                    return render_error(limited)
+            return render_error(exc)
+
+        def screen(token: str | None, status: str = "", client: str | None = None) -> dict:
             """Everything on screen for ``token``: gate, task, done or admin view."""
             hidden = {gate_col: gr.update(visible=False), rate_col: gr.update(visible=False)}
             hidden |= {done_col: gr.update(visible=False), admin_col: gr.update(visible=False)}
@@ -129,15 +165,17 @@ def build_blocks(service: RatingService) -> gr.Blocks:
             except RatingError as exc:
                 return hidden | {
                     gate_col: gr.update(visible=True),
-                    gate_html: NO_ACCESS + render_error(exc),
+                    gate_html: NO_ACCESS + refuse(client, exc),
                     token_state: None,
                     view_state: None,
                 }
             if view is None:
+                can_undo = "undo" in status
                 return hidden | {
                     done_col: gr.update(visible=True),
-                    done_html: "<h2>All done</h2><p>There is nothing left for you to rate. Thank you!</p>"
-                    + status,
+                    done_html: DONE,
+                    done_status_html: status,
+                    undo_done_btn: gr.update(visible=can_undo),
                     token_state: token,
                     view_state: None,
                 }
@@ -155,18 +193,26 @@ def build_blocks(service: RatingService) -> gr.Blocks:
                 out[radios[n]] = gr.update(value=None)
             return out
 
-        def on_load(request: gr.Request) -> dict:
-            token = request.query_params.get("token") if request else None
+        def client_of(request: gr.Request | None) -> str | None:
+            return request.client.host if request is not None and request.client else None
+
+        def on_load(token: str | None, request: gr.Request) -> dict:
+            token = (token or "").strip()
             if not token:
                 return {gate_col: gr.update(visible=True), rate_col: gr.update(visible=False)}
-            return screen(token)
+            return screen(token, client=client_of(request))
 
-        def on_token(text: str) -> dict:
-            return screen((text or "").strip())
+        def on_token(text: str, request: gr.Request) -> dict:
+            return screen((text or "").strip(), client=client_of(request))
 
-        def on_submit(token: str | None, view: tuple[str, str] | None, *labels: str | None) -> dict:
+        def on_submit(
+            token: str | None, view: tuple[str, str] | None, images: str | None, *labels: str | None
+        ) -> dict:
             if not token or not view:
                 return screen(token)
+            ready, why = images_ready(images, view[0], n_images)
+            if not ready:
+                return {status_html: f"<p class='ek-error'>Not saved: {why}.</p>"}
             answers = {}
             for q, label in zip(questions, labels, strict=True):
                 answers[q] = LABEL_TO_CHOICE.get(label, label) if label else None
@@ -183,7 +229,7 @@ def build_blocks(service: RatingService) -> gr.Blocks:
             try:
                 service.undo(token)
             except RatingError as exc:
-                return {status_html: render_error(exc)}
+                return {status_html: render_error(exc), done_status_html: render_error(exc)}
             return screen(
                 token, "<p class='ek-ok'>Your last vote was undone: answer that task again.</p>"
             )
@@ -191,30 +237,21 @@ def build_blocks(service: RatingService) -> gr.Blocks:
         def on_refresh(token: str | None) -> dict:
             return screen(token)
 
-        def on_export(token: str | None, fmt: str) -> Any:
-            try:
-                name, text = service.export(token, fmt)
-            except RatingError as exc:
-                return gr.update(value=None, label=str(exc))
-            path = Path(tempfile.mkdtemp(prefix="evalkit-export-")) / name
-            path.write_text(text, encoding="utf-8")
-            return gr.update(value=str(path), label=f"Export ({fmt.upper()})")
-
         private = {"api_visibility": "private"}
-        demo.load(on_load, None, task_outputs, **private)
-        token_btn.click(on_token, token_box, task_outputs, **private)
-        token_box.submit(on_token, token_box, task_outputs, **private)
+        demo.load(on_load, token_in, task_outputs, js=LOAD_JS, **private)
+        token_btn.click(on_token, token_box, task_outputs, js=TOKEN_JS, **private)
+        token_box.submit(on_token, token_box, task_outputs, js=TOKEN_JS, **private)
         submit_btn.click(
             on_submit,
-            [token_state, view_state, *radios],
+            [token_state, view_state, image_state, *radios],
             task_outputs,
+            js=SUBMIT_JS,
             trigger_mode="once",
             **private,
         )
-        undo_btn.click(on_undo, token_state, task_outputs, trigger_mode="once", **private)
+        for btn in (undo_btn, undo_done_btn):
+            btn.click(on_undo, token_state, task_outputs, trigger_mode="once", **private)
         refresh_btn.click(on_refresh, token_state, task_outputs, **private)
-        csv_btn.click(lambda t: on_export(t, "csv"), token_state, export_file, **private)
-        json_btn.click(lambda t: on_export(t, "json"), token_state, export_file, **private)
     return demo
 
 

@@ -27,7 +27,16 @@ DbOption = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Vote store URL (postgresql://... or a SQLite path); default: the study's SQLite file or $EVALKIT_RATE_DB.",
+        help="Vote store: a SQLite path, or a postgresql:// URL without a password (the command "
+        "line is visible in `ps`: put a URL with a password in $EVALKIT_RATE_DB or --db-file, or "
+        "the password in ~/.pgpass). Default: $EVALKIT_RATE_DB, else the study's SQLite file.",
+    ),
+]
+DbFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--db-file",
+        help="A file (mode 0600) holding the vote store URL on its first line.",
     ),
 ]
 
@@ -36,10 +45,37 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for raw in values or [] for v in raw.split(",") if v.strip()]
 
 
-def _store(study, db: str | None):  # noqa: ANN001, ANN202 - small helper
+def _db_url(db: str | None, db_file: Path | None) -> str | None:
+    """The vote store URL from --db, --db-file or $EVALKIT_RATE_DB (in that order); None: the default."""
+    from evalkit.human.store import redact_url
+
+    if db and db_file:
+        raise UsageError("--db and --db-file: give one of them")
+    if db:
+        if redact_url(db) != db:
+            raise UsageError(
+                "--db: the URL holds a password, which `ps` would show to every user of this "
+                "machine; put it in $EVALKIT_RATE_DB or in a file given with --db-file "
+                "(or the password in ~/.pgpass)"
+            )
+        return db
+    if db_file:
+        try:
+            text = db_file.read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise UsageError(f"--db-file {db_file}: unreadable ({exc.strerror})") from None
+        if not text or not text[0].strip():
+            raise UsageError(f"--db-file {db_file}: empty (expected a database URL)")
+        if db_file.stat().st_mode & 0o077:
+            log(f"warning: {db_file} is readable by other users; chmod 600 it")
+        return text[0].strip()
+    return os.environ.get("EVALKIT_RATE_DB") or None
+
+
+def _store(study, db: str | None, db_file: Path | None = None):  # noqa: ANN001, ANN202
     from evalkit.human.report import open_store_for
 
-    return open_store_for(study, db)
+    return open_store_for(study, _db_url(db, db_file))
 
 
 def _link(base_url: str, token: str) -> str:
@@ -88,13 +124,14 @@ def create(
     ] = "http://127.0.0.1:7860",
     seed: Annotated[int, typer.Option(help="Seed for choosing gold tasks.")] = 0,
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
     """Create a study from finished runs on the same suite; prints the admin token once."""
     from evalkit.human.security import hash_token, new_id, new_token
     from evalkit.human.study import DEFAULT_DB_FILE, create_study
 
     all_runs = _split(runs) + list(more_runs or [])
-    db_url = db or os.environ.get("EVALKIT_RATE_DB")
+    db_url = _db_url(db, db_file)
     pg = bool(db_url and db_url.startswith(("postgresql://", "postgres://")))
     study = create_study(
         all_runs,
@@ -115,7 +152,9 @@ def create(
         ),
         seed=seed,
     )
-    store = _store(study, db)
+    from evalkit.human.report import open_store_for
+
+    store = open_store_for(study, db_url)
     store.register_study(
         study.study_id, {"root": str(study.root), "runs": [r.run_id for r in study.runs.values()]}
     )
@@ -137,47 +176,73 @@ def invite(
         str, typer.Option(help="Base URL the app is reached at.")
     ] = "http://127.0.0.1:7860",
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
-    """Create a rater and print their personal link (the token is not stored, only its hash)."""
+    """Create a rater and print their personal link (the token is not stored, only its hash).
+
+    Names are unique in a study (compared without case) and "admin" is reserved; the rater's
+    id is printed on stderr (revoke and report take it).
+    """
     from evalkit.human.security import check_name, hash_token, new_id, new_token
     from evalkit.human.study import load_study
 
     study = load_study(study_dir)
-    store = _store(study, db)
+    store = _store(study, db, db_file)
     token = new_token()
-    store.add_rater(study.study_id, new_id(), check_name(name), hash_token(token), "rater")
+    rater = store.add_rater(study.study_id, new_id(), check_name(name), hash_token(token), "rater")
+    log(f"invited {rater.name} (rater id {rater.rater_id})")
     typer.echo(_link(base_url, token))
 
 
 @rate_app.command()
 def revoke(
     study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
-    name: Annotated[str, typer.Option("--name", help="Rater to revoke (all raters of that name).")],
+    name: Annotated[str | None, typer.Option("--name", help="Rater to revoke, by name.")] = None,
+    rater_id: Annotated[
+        str | None, typer.Option("--id", help="Rater to revoke, by id (see `rate raters`).")
+    ] = None,
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
-    """Revoke a rater's token: the link stops working; their votes stay recorded."""
+    """Revoke one rater's token: the link and its images stop working; their votes stay
+    recorded and are flagged in reports (``report --exclude-revoked`` drops them)."""
+    from evalkit.human.security import name_key
     from evalkit.human.study import load_study
 
+    if (name is None) == (rater_id is None):
+        raise UsageError("revoke: give --name NAME or --id RATER_ID")
     study = load_study(study_dir)
-    store = _store(study, db)
-    matches = [r for r in store.raters(study.study_id) if r.name == name and r.role == "rater"]
-    if not matches:
-        raise UsageError(f"no rater named {name!r} in study {study.study_id}")
-    for r in matches:
-        changed = store.revoke(study.study_id, r.rater_id)
-        typer.echo(f"{'revoked' if changed else 'already revoked'}: {name} ({r.rater_id})")
+    store = _store(study, db, db_file)
+    raters = [r for r in store.raters(study.study_id) if r.role == "rater"]
+    if rater_id is not None:
+        matches = [r for r in raters if r.rater_id == rater_id]
+        if not matches:
+            raise UsageError(f"no rater with id {rater_id!r} in study {study.study_id}")
+    else:
+        matches = [r for r in raters if name_key(r.name) == name_key(name or "")]
+        if not matches:
+            raise UsageError(f"no rater named {name!r} in study {study.study_id}")
+        if len(matches) > 1:
+            ids = ", ".join(r.rater_id for r in matches)
+            raise UsageError(
+                f"{len(matches)} raters are named {name!r} (ids {ids}): revoke one with --id"
+            )
+    (r,) = matches
+    changed = store.revoke(study.study_id, r.rater_id)
+    typer.echo(f"{'revoked' if changed else 'already revoked'}: {r.name} ({r.rater_id})")
 
 
 @rate_app.command()
 def raters(
     study_dir: Annotated[Path, typer.Argument(help="Study folder.")],
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
-    """List raters (name, role, status)."""
+    """List raters (name, role, status, id)."""
     from evalkit.human.study import load_study
 
     study = load_study(study_dir)
-    for r in _store(study, db).raters(study.study_id):
+    for r in _store(study, db, db_file).raters(study.study_id):
         typer.echo(f"{r.name}\t{r.role}\t{'active' if r.active else 'revoked'}\t{r.rater_id}")
 
 
@@ -190,17 +255,28 @@ def serve(
         bool,
         typer.Option("--no-ui", help="JSON API and images only (scripted raters, load tests)."),
     ] = False,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="A reverse proxy (IP or network) whose X-Forwarded-For is believed; repeatable. "
+            "Without it the client address is the TCP peer.",
+        ),
+    ] = None,
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
     """Serve the rating app (Gradio UI, images by opaque id, JSON API)."""
+    from evalkit.human.security import parse_trusted_proxies
     from evalkit.human.server import serve as run_server
     from evalkit.human.service import RatingService
     from evalkit.human.study import load_study
 
+    proxies = parse_trusted_proxies(_split(trusted_proxy))
     study = load_study(study_dir)
-    service = RatingService(study, _store(study, db))
+    service = RatingService(study, _store(study, db, db_file))
     log(f"serving study {study.study_id} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_server(service, host=host, port=port, ui=not no_ui)
+    run_server(service, host=host, port=port, ui=not no_ui, trusted_proxies=proxies)
 
 
 @rate_app.command()
@@ -210,11 +286,16 @@ def report(
         float | None, typer.Option(help="Exclude raters whose gold accuracy is below this (0-1).")
     ] = None,
     exclude_rater: Annotated[
-        list[str] | None, typer.Option(help="Exclude a rater by name (repeatable).")
+        list[str] | None,
+        typer.Option(help="Exclude a rater by id or (unique) name; repeatable."),
     ] = None,
+    exclude_revoked: Annotated[
+        bool, typer.Option(help="Drop the votes of revoked raters (flagged either way).")
+    ] = False,
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
     """Write STUDY/report/: report.json, preferences.csv, raters.csv, report.md, plots (PNG, SVG)."""
     from evalkit.human.report import write_report
@@ -223,9 +304,10 @@ def report(
         raise UsageError("--resamples must be at least 100")
     out = write_report(
         study_dir,
-        db_url=db,
+        db_url=_db_url(db, db_file),
         min_gold_accuracy=min_gold_accuracy,
         exclude_raters=exclude_rater or [],
+        exclude_revoked=exclude_revoked,
         n_resamples=resamples,
         seed=seed,
     )
@@ -240,6 +322,7 @@ def export(
         Path | None, typer.Option("--out", help="File to write (default: stdout).")
     ] = None,
     db: DbOption = None,
+    db_file: DbFileOption = None,
 ) -> None:
     """Export every vote event (undone ones flagged) with model names resolved."""
     from evalkit.atomic import atomic_write_text
@@ -247,7 +330,7 @@ def export(
     from evalkit.human.study import load_study
 
     study = load_study(study_dir)
-    _name, text = export_votes(study, _store(study, db), fmt)
+    _name, text = export_votes(study, _store(study, db, db_file), fmt)
     if out is None:
         sys.stdout.write(text)
     else:

@@ -59,3 +59,13 @@ class RateLimited(RatingError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(RatingError):
+    """The vote database did not answer in time (restarting, locked); ``retry_after`` in seconds."""
+
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from evalkit.errors import UsageError
+from evalkit.human.security import csv_safe
 from evalkit.human.store import Store
 from evalkit.human.study import Study
 
@@ -19,6 +20,7 @@ EXPORT_COLUMNS = [
     "undone",
     "rater_id",
     "rater_name",
+    "rater_revoked",
     "task_id",
     "item_id",
     "category",
@@ -59,17 +61,11 @@ def vote_rows(study: Study, store: Store) -> list[dict[str, Any]]:
                 "left_model": _model(study, v["left_source"]),
                 "right_model": _model(study, v["right_source"]),
                 "preferred_model": _model(study, v["preferred"]),
+                "rater_revoked": v["rater_revoked_at"] is not None,
                 "seconds": round(float(v["answered_at"]) - float(v["shown_at"]), 3),
             }
         )
     return rows
-
-
-def _csv_safe(value: Any) -> Any:
-    """Neutralise spreadsheet formulas in text cells (prompts and names come from outside)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
 
 
 def export_votes(study: Study, store: Store, fmt: str) -> tuple[str, str]:
@@ -91,6 +87,6 @@ def export_votes(study: Study, store: Store, fmt: str) -> tuple[str, str]:
         )
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: _csv_safe(r.get(k)) for k in EXPORT_COLUMNS})
+            writer.writerow({k: csv_safe(r.get(k)) for k in EXPORT_COLUMNS})
         return f"{study.study_id}-votes.csv", buf.getvalue()
     raise UsageError(f"export format must be csv or json, not {fmt!r}")

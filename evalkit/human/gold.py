@@ -1,8 +1,14 @@
-"""Gold (attention-check) image sets: a clean set against the same set heavily degraded."""
+"""Gold (attention-check) tasks: a clean set against the same set heavily degraded.
+
+A gold task is passed when every question of it prefers the clean set; accuracy is counted
+per task (one task asks two questions, and is still one check).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -28,3 +34,14 @@ def write_degraded(source: Path, target: Path, seed: int) -> Path:
     with Image.open(source) as im:
         out = degrade(im, seed)
     return atomic_write(target, lambda f: out.save(f, format="PNG"))
+
+
+def gold_outcomes(votes: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, bool]]:
+    """Per answered gold task (by submission id): (rater id, passed), from effective votes."""
+    out: dict[str, tuple[str, bool]] = {}
+    for v in votes:
+        if not v["is_gold"]:
+            continue
+        rater, passed = out.get(v["submission_id"], (v["rater_id"], True))
+        out[v["submission_id"]] = (rater, passed and v["preferred"] == "clean")
+    return out

@@ -27,8 +27,10 @@ from evalkit.human.agreement import (
     position_bias,
 )
 from evalkit.human.bradley_terry import bradley_terry_with_intervals, win_matrices
+from evalkit.human.gold import gold_outcomes
 from evalkit.human.plots import plot_preferences
 from evalkit.human.runs import load_run
+from evalkit.human.security import csv_safe, name_key
 from evalkit.human.stats import (
     DEFAULT_RESAMPLES,
     cluster_bootstrap,
@@ -57,23 +59,26 @@ def run_labels(study: Study) -> dict[str, str]:
 
 
 def rater_quality(study: Study, votes: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per rater: tasks, gold accuracy, position bias and median seconds per task."""
+    """Per rater: tasks, gold accuracy (per gold task), position bias, median seconds per task."""
     by_rater: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for v in votes:
         by_rater[v["rater_id"]].append(v)
     out = {}
     for rater_id, vs in by_rater.items():
-        gold = [v for v in vs if v["is_gold"]]
         regular = [v for v in vs if not v["is_gold"]]
+        gold = [passed for _, passed in gold_outcomes(vs).values()]
         seconds = _task_seconds(vs)
-        correct = sum(v["preferred"] == "clean" for v in gold)
+        revoked_at = vs[0].get("rater_revoked_at")
         out[rater_id] = {
+            "rater_id": rater_id,
             "name": vs[0].get("rater_name", rater_id),
+            "revoked": revoked_at is not None,
+            "revoked_at": revoked_at,
             "tasks": len({v["submission_id"] for v in vs}),
             "votes": len(regular),
-            "gold_answers": len(gold),
-            "gold_correct": correct,
-            "gold_accuracy": correct / len(gold) if gold else None,
+            "gold_tasks": len(gold),
+            "gold_passed": sum(gold),
+            "gold_accuracy": sum(gold) / len(gold) if gold else None,
             "position_bias": position_bias(regular),
             "median_seconds_per_task": statistics.median(seconds) if seconds else None,
         }
@@ -85,35 +90,60 @@ def _task_seconds(votes: Iterable[Mapping[str, Any]]) -> list[float]:
     return list(per_sub.values())
 
 
+def resolve_raters(quality: Mapping[str, Mapping[str, Any]], wanted: Iterable[str]) -> set[str]:
+    """Rater ids for ``wanted`` (rater ids or names); UsageError for unknown or ambiguous names.
+
+    Names are compared as ``invite`` and ``revoke`` compare them (``name_key``: without case,
+    width or extra spaces).
+    """
+    ids: set[str] = set()
+    for w in wanted:
+        if w in quality:
+            ids.add(w)
+            continue
+        named = sorted(rid for rid, q in quality.items() if name_key(q["name"]) == name_key(w))
+        if len(named) > 1:
+            raise UsageError(
+                f"--exclude-rater {w!r}: {len(named)} raters share this name "
+                f"(ids {', '.join(named)}): give the rater id instead"
+            )
+        if not named:
+            raise UsageError(f"--exclude-rater: no votes from {w!r} (a rater id or name)")
+        ids.add(named[0])
+    return ids
+
+
 def select_raters(
     quality: Mapping[str, Mapping[str, Any]],
     min_gold_accuracy: float | None,
     exclude: Iterable[str],
+    exclude_revoked: bool = False,
 ) -> tuple[set[str], list[dict[str, Any]]]:
-    """(excluded rater ids, why) from a gold-accuracy threshold and names excluded by hand.
+    """(excluded rater ids, why) from a gold-accuracy threshold, revocation and raters named by hand.
 
-    Raters with no gold answers are kept (their accuracy is unknown) and flagged in the report.
+    ``exclude`` holds rater ids or names. Raters with no gold answers are kept (their accuracy
+    is unknown) and flagged in the report.
     """
-    names = set(exclude)
+    by_hand = resolve_raters(quality, exclude)
     dropped: dict[str, dict[str, Any]] = {}
     for rid, q in quality.items():
-        if q["name"] in names or rid in names:
-            dropped[rid] = {"rater": q["name"], "reason": "excluded by name"}
+        who = {"rater": q["name"], "rater_id": rid}
+        if rid in by_hand:
+            dropped[rid] = {**who, "reason": "excluded by hand"}
+        elif exclude_revoked and q["revoked"]:
+            dropped[rid] = {**who, "reason": "revoked"}
         elif (
             min_gold_accuracy is not None
             and q["gold_accuracy"] is not None
             and q["gold_accuracy"] < min_gold_accuracy
         ):
             dropped[rid] = {
-                "rater": q["name"],
+                **who,
                 "reason": f"gold accuracy {q['gold_accuracy']:.3f} < {min_gold_accuracy}",
                 "gold_accuracy": q["gold_accuracy"],
-                "gold_answers": q["gold_answers"],
+                "gold_tasks": q["gold_tasks"],
             }
-    unknown = names - {q["name"] for q in quality.values()} - set(quality)
-    if unknown:
-        raise UsageError(f"--exclude-rater: no votes from {sorted(unknown)}")
-    return set(dropped), sorted(dropped.values(), key=lambda d: d["rater"])
+    return set(dropped), sorted(dropped.values(), key=lambda d: (d["rater"], d["rater_id"]))
 
 
 # ---------------------------------------------------------------------- preferences
@@ -263,16 +293,22 @@ def compute_report(
     *,
     min_gold_accuracy: float | None = None,
     exclude_raters: Iterable[str] = (),
+    exclude_revoked: bool = False,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Every statistic of the study from its effective (not undone) votes."""
+    """Every statistic of the study from its effective (not undone) votes.
+
+    Votes of revoked raters are kept and flagged (``per_rater[].revoked``, ``counts``)
+    unless ``exclude_revoked``; ``exclude_raters`` takes rater ids or names.
+    """
     if min_gold_accuracy is not None and not 0.0 <= min_gold_accuracy <= 1.0:
         raise UsageError("--min-gold-accuracy must be between 0 and 1")
     all_votes = store.votes(study.study_id, effective_only=False)
     effective = [v for v in all_votes if not v["undone"]]
     quality = rater_quality(study, effective)
-    excluded, why = select_raters(quality, min_gold_accuracy, exclude_raters)
+    exclude_raters = list(exclude_raters)
+    excluded, why = select_raters(quality, min_gold_accuracy, exclude_raters, exclude_revoked)
     kept = [v for v in effective if v["rater_id"] not in excluded]
     regular = [v for v in kept if not v["is_gold"]]
     a_of = {t.task_id: study.pairs[t.pair_id].a for t in study.tasks().values() if not t.is_gold}
@@ -307,6 +343,7 @@ def compute_report(
         "filters": {
             "min_gold_accuracy": min_gold_accuracy,
             "exclude_raters": sorted(set(exclude_raters)),
+            "exclude_revoked": exclude_revoked,
             "excluded": why,
         },
         "counts": {
@@ -316,13 +353,16 @@ def compute_report(
             "gold_votes_used": len(gold),
             "raters_with_votes": len(quality),
             "raters_used": len({v["rater_id"] for v in kept}),
+            "revoked_raters_with_votes": sum(q["revoked"] for q in quality.values()),
+            "votes_from_revoked_raters_used": sum(
+                v["rater_revoked_at"] is not None for v in regular
+            ),
         },
         "preferences": pair_preferences(study, regular, n_resamples, seed),
         "bradley_terry": bradley_terry_report(study, regular, n_resamples, seed),
         "rater_quality": {
-            "gold_accuracy": (sum(v["preferred"] == "clean" for v in gold) / len(gold))
-            if gold
-            else None,
+            "gold_accuracy": _gold_accuracy(gold),
+            "gold_tasks": len(gold_outcomes(gold)),
             "agreement": agreement,
             "position_bias": position_bias(regular),
             "seconds_per_task": {
@@ -331,11 +371,16 @@ def compute_report(
             },
             "per_rater": sorted(
                 ({**q, "excluded": rid in excluded} for rid, q in quality.items()),
-                key=lambda r: r["name"],
+                key=lambda r: (r["name"], r["rater_id"]),
             ),
         },
         "metric_agreement": metric_agreement(study, regular, n_resamples, seed),
     }
+
+
+def _gold_accuracy(gold_votes: Sequence[Mapping[str, Any]]) -> float | None:
+    outcomes = [passed for _, passed in gold_outcomes(gold_votes).values()]
+    return sum(outcomes) / len(outcomes) if outcomes else None
 
 
 def _question_texts(study: Study) -> list[str]:
@@ -382,17 +427,20 @@ def preferences_csv(report: Mapping[str, Any]) -> str:
                 if s.get("n_votes"):
                     row[name] = round(s[name], 6)
                     row[f"{name}_lo"], row[f"{name}_hi"] = (round(x, 6) for x in s[f"{name}_ci"])
-            w.writerow(row)
+            w.writerow({k: csv_safe(v) for k, v in row.items()})
     return buf.getvalue()
 
 
 def raters_csv(report: Mapping[str, Any]) -> str:
+    """One row per rater with votes; text cells are protected against spreadsheet formulas."""
     buf = io.StringIO()
     cols = [
+        "rater_id",
         "name",
+        "revoked",
         "tasks",
         "votes",
-        "gold_answers",
+        "gold_tasks",
         "gold_accuracy",
         "left_win_rate",
         "median_seconds_per_task",
@@ -401,21 +449,19 @@ def raters_csv(report: Mapping[str, Any]) -> str:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in report["rater_quality"]["per_rater"]:
-        name = r["name"]
-        if name[:1] in ("=", "+", "-", "@"):
-            name = "'" + name  # no spreadsheet formulas from a rater name
-        w.writerow(
-            {
-                "name": name,
-                "tasks": r["tasks"],
-                "votes": r["votes"],
-                "gold_answers": r["gold_answers"],
-                "gold_accuracy": r["gold_accuracy"],
-                "left_win_rate": r["position_bias"]["left_win_rate"],
-                "median_seconds_per_task": r["median_seconds_per_task"],
-                "excluded": r["excluded"],
-            }
-        )
+        row = {
+            "rater_id": r["rater_id"],
+            "name": r["name"],
+            "revoked": r["revoked"],
+            "tasks": r["tasks"],
+            "votes": r["votes"],
+            "gold_tasks": r["gold_tasks"],
+            "gold_accuracy": r["gold_accuracy"],
+            "left_win_rate": r["position_bias"]["left_win_rate"],
+            "median_seconds_per_task": r["median_seconds_per_task"],
+            "excluded": r["excluded"],
+        }
+        w.writerow({k: csv_safe(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -443,8 +489,21 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     f = report["filters"]
     if f["excluded"]:
         lines.append(f"Excluded raters (min gold accuracy {f['min_gold_accuracy']}):")
-        lines += [f"- {_md_cell(e['rater'])}: {e['reason']}" for e in f["excluded"]]
+        lines += [
+            f"- {_md_cell(e['rater'])} ({e['rater_id']}): {e['reason']}" for e in f["excluded"]
+        ]
         lines.append("")
+    if c["revoked_raters_with_votes"]:
+        lines += [
+            f"Revoked raters with votes: {c['revoked_raters_with_votes']}; their votes "
+            + (
+                "are excluded (--exclude-revoked)."
+                if f["exclude_revoked"]
+                else f"are counted ({c['votes_from_revoked_raters_used']} used; "
+                "--exclude-revoked drops them)."
+            ),
+            "",
+        ]
     lines += [
         "## Preferences",
         "",
@@ -480,7 +539,8 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         "",
         "## Rater quality",
         "",
-        f"Gold accuracy: {_pct(rq['gold_accuracy'])}. Position bias (left set wins among decisive votes): "
+        f"Gold accuracy: {_pct(rq['gold_accuracy'])} of {rq['gold_tasks']} gold tasks "
+        "(passed: the clean set preferred on every question). Position bias (left set wins among decisive votes): "
         f"{_pct(pb['left_win_rate'])} {_ci(pb['ci'])}, binomial p = {_num(pb['p_value'])}. "
         f"Median seconds per task: {_num(rq['seconds_per_task']['median'], 1)}.",
         "",
@@ -493,12 +553,14 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         )
     lines += [
         "",
-        "| rater | tasks | gold accuracy | left wins | median s/task | excluded |",
-        "|---|---|---|---|---|---|",
+        "| rater | id | tasks | gold accuracy (tasks) | left wins | median s/task | excluded |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rq["per_rater"]:
+        name = _md_cell(r["name"]) + (" (revoked)" if r["revoked"] else "")
         lines.append(
-            f"| {_md_cell(r['name'])} | {r['tasks']} | {_pct(r['gold_accuracy'])} | "
+            f"| {name} | {r['rater_id']} | {r['tasks']} | "
+            f"{_pct(r['gold_accuracy'])} ({r['gold_tasks']}) | "
             f"{_pct(r['position_bias']['left_win_rate'])} | {_num(r['median_seconds_per_task'], 1)} | {r['excluded']} |"
         )
     ma = report.get("metric_agreement")
@@ -527,7 +589,8 @@ def open_store_for(study: Study, db_url: str | None) -> Store:
     if not url:
         if not study.db or study.db == "postgresql":
             raise UsageError(
-                "this study stores its votes in PostgreSQL: pass --db postgresql://... or set EVALKIT_RATE_DB"
+                "this study stores its votes in PostgreSQL: set EVALKIT_RATE_DB=postgresql://... "
+                "or pass --db-file FILE (a file holding the URL)"
             )
         url = str(study.root / study.db)
     return connect(url)
@@ -539,6 +602,7 @@ def write_report(
     db_url: str | None = None,
     min_gold_accuracy: float | None = None,
     exclude_raters: Iterable[str] = (),
+    exclude_revoked: bool = False,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> Path:
@@ -550,6 +614,7 @@ def write_report(
         store,
         min_gold_accuracy=min_gold_accuracy,
         exclude_raters=exclude_raters,
+        exclude_revoked=exclude_revoked,
         n_resamples=n_resamples,
         seed=seed,
     )

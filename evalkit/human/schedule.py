@@ -11,17 +11,24 @@
   Each rater still sees their own sequence, since every pick depends on what others have done.
 - ``adaptive`` mode puts the most uncertain outcome first: the largest posterior standard
   deviation of the tie-as-half win rate (Beta(1, 1) prior, both questions pooled).
-- A rater never gets the same task twice.
+- A rater never gets the same task twice, and never both a gold task and a comparison task
+  of the same prompt (the clean gold set is one side of that comparison: seeing both would
+  give the gold task away). A rater's next gold task is the one whose prompt needs the fewest
+  further ratings (the prompts a rater is kept from cost the study least), and that prompt is
+  kept out of the rater's comparison tasks until then, unless nothing else is left; among
+  equally rated tasks, the prompts of the rater's later gold tasks come last.
+
+The counts come from ``counters.TaskCounters`` (kept in memory), the rater's own tasks from
+the database.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Set
 
-from evalkit.human.store import Snapshot
 from evalkit.human.study import Study, Task
 
 DEFAULT_LEASE_S = 15 * 60.0
@@ -37,24 +44,10 @@ def gold_offset(rater_id: str, every: int) -> int:
     return 1 + _order(rater_id, "gold-offset") % (every - 1)
 
 
-def outcome_sd(study: Study, snapshot: Snapshot) -> dict[str, float]:
-    """Posterior sd of P(pair side a wins) per task from effective votes (ties as half wins)."""
-    wins: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for v in snapshot.votes:
-        pair_id = v["task_id"].split(":", 1)[0]
-        pair = study.pairs.get(pair_id)
-        if pair is None:
-            continue
-        w = wins[v["task_id"]]
-        if v["preferred"] is None:
-            w[0] += 0.5
-            w[1] += 0.5
-        elif v["preferred"] == pair.a:
-            w[0] += 1.0
-        else:
-            w[1] += 1.0
+def outcome_sd(tallies: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """Posterior sd of P(pair side a wins) per task from (wins of a, wins of b), ties as half wins."""
     out = {}
-    for task_id, (a, b) in wins.items():
+    for task_id, (a, b) in tallies.items():
         alpha, beta = 1.0 + a, 1.0 + b
         n = alpha + beta
         out[task_id] = math.sqrt(alpha * beta / (n * n * (n + 1.0)))
@@ -62,45 +55,78 @@ def outcome_sd(study: Study, snapshot: Snapshot) -> dict[str, float]:
 
 
 def pick_task(
-    study: Study, tasks: Mapping[str, Task], snapshot: Snapshot, rater_id: str
+    study: Study,
+    tasks: Mapping[str, Task],
+    counts: Mapping[str, int],
+    mine: Set[str],
+    rater_id: str,
+    tallies: Mapping[str, tuple[float, float]] | None = None,
 ) -> Task | None:
     """The next task for ``rater_id``, or None when nothing is left for them.
 
-    ``snapshot`` counts ratings per task (answered, plus handed out within the lease).
+    ``counts``: ratings per comparison task (answered, plus handed out within the lease);
+    ``mine``: the task ids the rater already has; ``tallies``: per-task wins (adaptive only).
     """
-    mine = snapshot.mine
-    if study.gold and len(mine) % study.gold_every == gold_offset(rater_id, study.gold_every):
-        golds = [t for t in tasks.values() if t.is_gold and t.task_id not in mine]
-        if golds:
-            return min(golds, key=lambda t: _order(rater_id, t.task_id))
-    counts: Counter[str] = Counter(snapshot.counts)
     target = study.ratings_per_item
-    candidates = [
+    regular_items = {tasks[t].item_id for t in mine if t in tasks and not tasks[t].is_gold}
+    gold_items = {tasks[t].item_id for t in mine if t in tasks and tasks[t].is_gold}
+    golds = [
         t
         for t in tasks.values()
-        if not t.is_gold and t.task_id not in mine and counts[t.task_id] < target
+        if t.is_gold and t.task_id not in mine and t.item_id not in regular_items
     ]
+
+    def still_needed(item_id: str) -> int:
+        return sum(max(0, target - counts.get(f"{p}:{item_id}", 0)) for p in study.pairs)
+
+    # The gold task this rater gets next: the one whose prompt the study needs least.
+    next_gold = min(
+        golds, key=lambda t: (still_needed(t.item_id), _order(rater_id, t.task_id)), default=None
+    )
+    if next_gold is not None and len(mine) % study.gold_every == gold_offset(
+        rater_id, study.gold_every
+    ):
+        return next_gold
+    open_tasks = [
+        t
+        for t in tasks.values()
+        if not t.is_gold
+        and t.task_id not in mine
+        and t.item_id not in gold_items
+        and counts.get(t.task_id, 0) < target
+    ]
+    # Keep the prompt of the rater's next gold task for that task, unless nothing else is left;
+    # among equally rated tasks, prompts of the rater's later gold tasks come last.
+    candidates = [t for t in open_tasks if next_gold is None or t.item_id != next_gold.item_id]
+    candidates = candidates or open_tasks
+    later_gold = {t.item_id for t in golds}
     if not candidates:
         return None
     size: Counter[str] = Counter(t.category for t in tasks.values() if not t.is_gold)
     filled: Counter[str] = Counter()
     for t in tasks.values():
         if not t.is_gold:
-            filled[t.category] += min(counts[t.task_id], target)
+            filled[t.category] += min(counts.get(t.task_id, 0), target)
     fill = {c: filled[c] / (size[c] * target) for c in size}
     if study.schedule == "adaptive":
-        sd = outcome_sd(study, snapshot)
+        sd = outcome_sd(tallies or {})
         prior = math.sqrt(1.0 / 12.0)  # Beta(1, 1)
         return min(
             candidates,
             key=lambda t: (
                 -round(sd.get(t.task_id, prior), 9),
-                counts[t.task_id],
+                counts.get(t.task_id, 0),
+                t.item_id in later_gold,
                 fill[t.category],
                 _order(rater_id, t.task_id),
             ),
         )
     return min(
         candidates,
-        key=lambda t: (counts[t.task_id], fill[t.category], _order(study.study_id, t.task_id)),
+        key=lambda t: (
+            counts.get(t.task_id, 0),
+            t.item_id in later_gold,
+            fill[t.category],
+            _order(study.study_id, t.task_id),
+        ),
     )

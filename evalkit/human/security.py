@@ -5,20 +5,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import ipaddress
+import json
 import math
 import re
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+from evalkit.errors import UsageError
 from evalkit.human.errors import BadRequest, RateLimited
 
 TOKEN_BYTES = 32  # secrets.token_urlsafe(32): 43 characters, 256 bits
 MAX_TOKEN_CHARS = 128
 MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 100
+MAX_JSON_DEPTH = 8
+RESERVED_NAMES = frozenset({"admin", "administrator", "root", "evalkit"})
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{20,128}$")
 
@@ -60,14 +67,65 @@ def check_id(value: object, what: str) -> str:
     return value
 
 
-def check_name(name: object) -> str:
-    """A rater's display name: 1-100 printable characters."""
+def name_key(name: str) -> str:
+    """The form in which two rater names are compared: NFKC, case-folded, spaces collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def check_name(name: object, reserved_ok: bool = False) -> str:
+    """A rater's display name: 1-100 printable characters, not a reserved name such as "admin"."""
     if not isinstance(name, str) or not name.strip():
         raise BadRequest("a rater name must not be empty")
     name = name.strip()
-    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+    if len(name) > MAX_NAME_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise BadRequest(f"a rater name must be at most {MAX_NAME_CHARS} printable characters")
+    if not reserved_ok and name_key(name) in RESERVED_NAMES:
+        raise BadRequest(f"the rater name {name!r} is reserved: choose another name")
     return name
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, nested at most MAX_JSON_DEPTH levels; BadRequest otherwise."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    except RecursionError:
+        raise BadRequest(
+            f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+        ) from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))
+    return data
+
+
+def csv_safe(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in a text cell (prompts, names, categories come from outside)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> list[str]:
+    """Proxy addresses or networks (``10.0.0.5``, ``10.0.0.0/8``) whose X-Forwarded-For is believed."""
+    out = []
+    for v in values:
+        text = v.strip()
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise UsageError(
+                f"--trusted-proxy {v!r}: expected an IP address or network (e.g. 10.0.0.0/8)"
+            ) from None
+        out.append(text)
+    return out
 
 
 def escape(text: object) -> str:

@@ -1,28 +1,51 @@
-"""The HTTP server: the Gradio app at ``/``, images by opaque id at ``/img``, a small JSON API.
+"""The HTTP server: the Gradio app at ``/``, blinded images by opaque id at ``/img``, a JSON API.
 
-JSON API (``Authorization: Bearer <token>``; bodies at most 4 KiB; errors are
-``{"error": message}`` with a 4xx status, 429 with ``Retry-After``):
+JSON API (``Authorization: Bearer <token>``; bodies at most 4 KiB and 8 levels deep; errors
+are ``{"error": message}`` with a 4xx status, 429 and 503 with ``Retry-After``):
 
 - ``POST /api/v1/next``      -> the rater's current task, or ``{"done": true}``
 - ``POST /api/v1/vote``      ``{study_id, assignment_id, submission_id, answers: {question: A|B|tie}}``
 - ``POST /api/v1/undo``      ``{study_id, submission_id?}``
 - ``GET  /api/v1/progress``  (admin token)
 - ``GET  /api/v1/export?format=csv|json`` (admin token)
+
+Limits are per rater (token), never per address, for everything a valid rater does. Failed
+tokens are counted per client address; past that budget a wrong token is answered 429, while
+a valid token from the same address keeps working. The client address is the TCP peer, or,
+when the peer is one of the ``trusted_proxies``, what that proxy wrote in X-Forwarded-For.
+
+Only the Gradio routes the page needs are reachable (its upload, file and API routes are not:
+nobody can write a file). Pages carry a Content-Security-Policy with a per-response nonce.
 """
 
 from __future__ import annotations
 
-import json
+import re
+import secrets
+import traceback
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from evalkit.human.errors import BadRequest, PayloadTooLarge, RateLimited, RatingError
-from evalkit.human.security import RateLimiter
+from evalkit.human.errors import (
+    AuthError,
+    BadRequest,
+    PayloadTooLarge,
+    RateLimited,
+    RatingError,
+    StoreUnavailable,
+)
+from evalkit.human.images import IMAGE_HEADERS
+from evalkit.human.pages import OUTER_CSS, RATING_JS
+from evalkit.human.security import RateLimiter, parse_json_object, parse_trusted_proxies
 from evalkit.human.service import MAX_PAYLOAD_BYTES, RatingService, check_payload_size
+from evalkit.progress import log
 
 SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",  # invite links carry the token: never leak it to other sites
@@ -31,10 +54,38 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# Gradio 6 renders its HTML components through `Function(...)`, hence 'unsafe-eval'; inline
+# scripts run only with the response's nonce (Gradio's own bootstrap), so an injected
+# <script> or on...= attribute does not run; nothing loads from or talks to other hosts.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self'; media-src 'none'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; worker-src 'self' blob:; manifest-src 'self'"
+)
+OTHER_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+# What the rating page needs from Gradio; every other Gradio route (upload, file=, run/call
+# APIs, streams, ...) answers 404.
+_GRADIO_GET = re.compile(
+    r"^/(|config/?|theme\.css|favicon\.ico|manifest\.json|robots\.txt|"
+    r"(assets|static|svelte)/[^?#]*|gradio_api/queue/data|gradio_api/heartbeat/[A-Za-z0-9_-]+|"
+    r"gradio_api/startup-events)$"
+)
+_GRADIO_POST = re.compile(r"^/gradio_api/(queue/join|cancel)$")
+_OWN = re.compile(r"^/(api/v1/|img/|healthz$|ek/)")
+_SCRIPT_TAG = re.compile(rb"<script\b")
+GRADIO_MAX_BODY = 64 * 1024  # a task's answers are a few hundred bytes
+API_THREADS = 16
+IMAGE_THREADS = 8
+KEEP_ALIVE_S = (
+    75  # longer than a rater's pause, so an idle connection is not closed under a request
+)
+
 
 def _error(exc: RatingError) -> JSONResponse:
     headers = {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | StoreUnavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     return JSONResponse({"error": str(exc)}, status_code=exc.http_status, headers=headers)
 
@@ -55,60 +106,161 @@ async def _json_body(request: Request) -> dict[str, Any]:
         check_payload_size(body)
     if not body:
         return {}
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
+    return parse_json_object(body)
+
+
+def _is_token_failure(exc: RatingError) -> bool:
+    """A missing, malformed, unknown or revoked token (what the failed-token budget counts)."""
+    return isinstance(exc, AuthError) or (
+        isinstance(exc, BadRequest) and "access token" in str(exc)
+    )
+
+
+class GuardMiddleware:
+    """Security headers, the page's CSP nonce, and the allow-list of Gradio routes (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, ui: bool) -> None:
+        self.app = app
+        self.ui = ui
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if not self._allowed(path, method):
+            response = JSONResponse({"error": "not found"}, status_code=404)
+            await response(scope, receive, self._with_headers(send, path, None))
+            return
+        if method == "POST" and not _OWN.match(path) and self._too_large(scope):
+            response = JSONResponse({"error": "request too large"}, status_code=413)
+            await response(scope, receive, self._with_headers(send, path, None))
+            return
+        if method == "GET" and path == "/":
+            await self._page(scope, receive, send)
+            return
+        await self.app(scope, receive, self._with_headers(send, path, None))
+
+    @staticmethod
+    def _too_large(scope: Scope) -> bool:
+        """A Gradio event body without a length, or longer than GRADIO_MAX_BODY."""
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        return length is None or not length.isdigit() or int(length) > GRADIO_MAX_BODY
+
+    def _allowed(self, path: str, method: str) -> bool:
+        if _OWN.match(path):
+            return True
+        if not self.ui:
+            return False
+        if method in ("GET", "HEAD"):
+            return bool(_GRADIO_GET.match(path))
+        return method == "POST" and bool(_GRADIO_POST.match(path))
+
+    @staticmethod
+    def _with_headers(send: Send, path: str, nonce: str | None) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {k.lower() for k, _ in headers}
+                extra = dict(SECURITY_HEADERS)
+                if path.startswith("/img/"):
+                    extra.update(IMAGE_HEADERS)
+                elif path.startswith(("/assets/", "/static/", "/svelte/")) or path == "/theme.css":
+                    extra.pop("Cache-Control")  # Gradio's own caching of its static files
+                extra["Content-Security-Policy"] = (
+                    PAGE_CSP.format(nonce=nonce) if nonce else OTHER_CSP
+                )
+                for k, v in extra.items():
+                    if k.lower().encode() not in have:
+                        headers.append((k.lower().encode(), v.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return wrapped
+
+    async def _page(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Gradio's HTML page with a fresh nonce on each of its <script> tags."""
+        nonce = secrets.token_urlsafe(18)
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = _SCRIPT_TAG.sub(b'<script nonce="' + nonce.encode() + b'"', b"".join(chunks))
+        headers = [
+            (k, v)
+            for k, v in start.get("headers", [])
+            if k.lower() not in (b"content-length", b"content-security-policy")
+        ]
+        headers.append((b"content-length", str(len(body)).encode()))
+        send_page = self._with_headers(send, "/", nonce)
+        await send_page({**start, "headers": headers})
+        await send_page({"type": "http.response.body", "body": body})
 
 
 def build_app(
-    service: RatingService, *, ui: bool = True, failed_auth: RateLimiter | None = None
-) -> FastAPI:
-    """The FastAPI app with the API, the image route and (unless ``ui=False``) the Gradio UI at ``/``."""
+    service: RatingService,
+    *,
+    ui: bool = True,
+    failed_auth: RateLimiter | None = None,
+    trusted_proxies: Sequence[str] = (),
+) -> ASGIApp:
+    """The ASGI app: the API, the image route and (unless ``ui=False``) the Gradio UI at ``/``."""
     api = FastAPI(title="evalkit rating", docs_url=None, redoc_url=None, openapi_url=None)
     failures = failed_auth or RateLimiter(capacity=30, rate=0.5)
-    images = RateLimiter(capacity=400, rate=40)
+    # Two worker pools: a burst of image requests (16 per task) never makes a vote or a
+    # next-task request wait for a thread. Created on first use, inside the event loop.
+    pools: dict[str, CapacityLimiter] = {}
 
-    @api.middleware("http")
-    async def headers(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
-            if k == "Cache-Control" and request.url.path.startswith("/img/"):
-                continue
-            response.headers.setdefault(k, v)
-        return response
+    async def in_thread(pool: str, fn: Any, *args: Any) -> Any:
+        if pool not in pools:
+            pools[pool] = CapacityLimiter(API_THREADS if pool == "api" else IMAGE_THREADS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=pools[pool])
 
     def client(request: Request) -> str:
         return request.client.host if request.client else "?"
 
     def guarded(fn: Any) -> Any:
         async def handler(request: Request) -> Response:
-            ip = client(request)
             try:
-                failures.check(f"probe:{ip}")  # refuse while this client is locked out
                 return await fn(request)
             except RatingError as exc:
-                if exc.http_status in (400, 401, 403, 404):
+                if _is_token_failure(exc):
                     try:
-                        failures.take(f"probe:{ip}")
+                        failures.take(f"fail:{client(request)}")
                     except RateLimited as limited:
-                        return _error(limited)
+                        return _error(
+                            RateLimited(
+                                f"too many failed access tokens from your address: wait "
+                                f"{max(1, int(limited.retry_after + 0.999))} s (valid links "
+                                "keep working)",
+                                limited.retry_after,
+                            )
+                        )
                 return _error(exc)
+            except Exception:  # noqa: BLE001 - answered as a clean 500, logged for the admin
+                log(f"internal error on {request.url.path}:\n{traceback.format_exc()}")
+                return JSONResponse(
+                    {"error": "internal error: the server's log has the details"}, status_code=500
+                )
 
         handler.__name__ = fn.__name__
         return handler
 
     async def next_task(request: Request) -> Response:
         body = await _json_body(request)
-        view = await run_in_threadpool(service.next_task, _bearer(request), body.get("study_id"))
+        view = await in_thread("api", service.next_task, _bearer(request), body.get("study_id"))
         return JSONResponse({"done": True} if view is None else view.to_json())
 
     async def vote(request: Request) -> Response:
         body = await _json_body(request)
-        receipt = await run_in_threadpool(
+        receipt = await in_thread(
+            "api",
             service.submit,
             _bearer(request),
             body.get("assignment_id"),
@@ -120,19 +272,19 @@ def build_app(
 
     async def undo(request: Request) -> Response:
         body = await _json_body(request)
-        receipt = await run_in_threadpool(
-            service.undo, _bearer(request), body.get("submission_id"), body.get("study_id")
+        receipt = await in_thread(
+            "api", service.undo, _bearer(request), body.get("submission_id"), body.get("study_id")
         )
         return JSONResponse(asdict(receipt))
 
     async def progress(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(service.progress, _bearer(request)))
+        return JSONResponse(await in_thread("api", service.progress, _bearer(request)))
 
     async def export(request: Request) -> Response:
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "json"):
             raise BadRequest("format must be csv or json")
-        name, text = await run_in_threadpool(service.export, _bearer(request), fmt)
+        name, text = await in_thread("api", service.export, _bearer(request), fmt)
         media = "text/csv" if fmt == "csv" else "application/json"
         return PlainTextResponse(
             text,
@@ -141,14 +293,17 @@ def build_app(
         )
 
     async def image(request: Request) -> Response:
-        images.take(f"img:{client(request)}")
-        path = await run_in_threadpool(
-            service.image_file, request.path_params["assignment_id"], request.path_params["slot"]
+        data = await in_thread(
+            "images",
+            service.image,
+            request.path_params["assignment_id"],
+            request.path_params["slot"],
         )
-        return FileResponse(
-            path,
-            media_type="image/png" if path.suffix.lower() == ".png" else None,
-            headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
+        return Response(data, media_type="image/png", headers=IMAGE_HEADERS)
+
+    async def script(request: Request) -> Response:
+        return Response(
+            RATING_JS, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
         )
 
     api.add_api_route("/api/v1/next", guarded(next_task), methods=["POST"])
@@ -157,36 +312,63 @@ def build_app(
     api.add_api_route("/api/v1/progress", guarded(progress), methods=["GET"])
     api.add_api_route("/api/v1/export", guarded(export), methods=["GET"])
     api.add_api_route("/img/{assignment_id}/{slot}", guarded(image), methods=["GET"])
+
+    async def stylesheet(request: Request) -> Response:
+        return Response(OUTER_CSS, media_type="text/css", headers={"Cache-Control": "no-cache"})
+
+    api.add_api_route("/ek/rating.js", script, methods=["GET"])
+    api.add_api_route("/ek/rating.css", stylesheet, methods=["GET"])
     api.add_api_route(
         "/healthz", lambda: {"ok": True, "study_id": service.study.study_id}, methods=["GET"]
     )
 
-    if not ui:
-        return api
-    import gradio as gr
+    app: ASGIApp = api
+    if ui:
+        import gradio as gr
 
-    from evalkit.human import app as pages  # sets GRADIO_ANALYTICS_ENABLED before gradio loads
+        from evalkit.human import app as pages  # sets GRADIO_ANALYTICS_ENABLED before gradio
 
-    blocks = pages.build_blocks(service)
-    blocks.queue(default_concurrency_limit=16)
-    return gr.mount_gradio_app(
-        api,
-        blocks,
-        path="",
-        css=pages.CSS,
-        theme=pages.theme(),
-        head=pages.HEAD,
-        ssr_mode=False,
-        footer_links=[],
-        show_error=False,
-    )
+        blocks = pages.build_blocks(service, failed_auth=failures)
+        blocks.queue(default_concurrency_limit=16)
+        app = gr.mount_gradio_app(
+            api,
+            blocks,
+            path="",
+            css=pages.CSS,
+            theme=pages.theme(),
+            head=pages.HEAD,
+            ssr_mode=False,
+            footer_links=[],
+            show_error=False,
+            max_file_size=1,  # bytes: the upload route is closed anyway
+        )
+    app = GuardMiddleware(app, ui=ui)
+    proxies = parse_trusted_proxies(trusted_proxies)
+    if proxies:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app = ProxyHeadersMiddleware(app, trusted_hosts=proxies)
+    return app
 
 
 def serve(
-    service: RatingService, host: str = "127.0.0.1", port: int = 7860, ui: bool = True
+    service: RatingService,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    ui: bool = True,
+    trusted_proxies: Sequence[str] = (),
 ) -> None:
-    """Run the server until interrupted."""
+    """Run the server until interrupted. X-Forwarded-For is believed only from ``trusted_proxies``."""
     import uvicorn
 
-    app = build_app(service, ui=ui)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    app = build_app(service, ui=ui, trusted_proxies=trusted_proxies)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # our ProxyHeadersMiddleware decides, from --trusted-proxy only
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )

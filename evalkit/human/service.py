@@ -1,8 +1,13 @@
 """The vote-acceptance layer: every front end (Gradio handlers, the HTTP API, scripts) calls this.
 
-It authenticates tokens, rate-limits them, validates every field, hands out tasks with
-randomised sides, stores answers through the store, and maps opaque image references to
-files inside the study's runs. Nothing is stored unless a request passes every check.
+It authenticates tokens, rate-limits them per rater, validates every field, hands out tasks
+with randomised sides, stores answers through the store, and maps opaque image references
+to blinded images inside the study's runs. Nothing is stored unless a request passes every
+check.
+
+Randomness: the side each run is shown on comes from ``rng``, a cryptographic source
+(``random.SystemRandom``) unless a caller passes its own (tests pass a seeded
+``random.Random``). Ids and tokens always come from ``secrets``.
 """
 
 from __future__ import annotations
@@ -19,20 +24,38 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.human import export as export_mod
-from evalkit.human.errors import AuthError, BadRequest, Forbidden, NotFound, PayloadTooLarge
+from evalkit.human.counters import TaskCounters
+from evalkit.human.errors import (
+    AuthError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+)
+from evalkit.human.gold import gold_outcomes
+from evalkit.human.images import BlindImageCache
 from evalkit.human.schedule import DEFAULT_LEASE_S, pick_task
 from evalkit.human.security import (
     RateLimiter,
     check_id,
     check_token_format,
     hash_token,
-    is_inside,
     new_id,
 )
-from evalkit.human.store import Assignment, Rater, Receipt, Store, Submission, UndoReceipt
-from evalkit.human.study import ANSWERS, CHOICES, QUESTIONS, Study
+from evalkit.human.store import (
+    Assignment,
+    Rater,
+    Receipt,
+    Store,
+    Submission,
+    UndoReceipt,
+    redact_url,
+)
+from evalkit.human.study import ANSWERS, CHOICES, Study, question_text
 
 MAX_PAYLOAD_BYTES = 4096
+REVOKED_TTL_S = 1.0  # images of a revoked rater stop answering within this time
 _SLOT_RE = re.compile(r"^([ab])([0-9]{1,2})$")
 
 
@@ -78,7 +101,11 @@ def check_payload_size(body: bytes | str) -> None:
 
 
 class RatingService:
-    """One study's rating service over a store."""
+    """One study's rating service over a store.
+
+    ``limiter`` spends one unit per authenticated request of a rater (keyed by rater id);
+    ``image_limiter`` one unit per image (also keyed by the rater the image was handed to).
+    """
 
     def __init__(
         self,
@@ -86,24 +113,38 @@ class RatingService:
         store: Store,
         *,
         limiter: RateLimiter | None = None,
+        image_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.time,
         lease_s: float = DEFAULT_LEASE_S,
         image_base: str = "img",
+        rng: random.Random | None = None,
+        resync_s: float = 10.0,
     ) -> None:
         if not store.study_exists(study.study_id):
             raise NotFound(
-                f"unknown study {study.study_id!r} in {getattr(store, 'url', 'this database')}: "
-                "was it created with this --db?"
+                f"unknown study {study.study_id!r} in {redact_url(store.url) or 'this database'}: "
+                "was it created with this database?"
             )
         self.study = study
         self.store = store
         self.tasks = study.tasks()
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self.image_limiter = (
+            image_limiter if image_limiter is not None else RateLimiter(capacity=200, rate=20)
+        )
         self.clock = clock
         self.lease_s = lease_s
         self.image_base = image_base.rstrip("/")
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.counters = TaskCounters(study, store, clock=clock, resync_s=resync_s)
+        self.images = BlindImageCache()
+        self._roots = [r.resolve() for r in study.allowed_roots()]
+        self._revoked_lock = threading.Lock()
+        self._revoked_ids: set[str] = set()
+        self._revoked_read = float("-inf")
         self._assignments: dict[str, Assignment] = {}
         self._schedule_lock = threading.Lock()
+        self._rng_lock = threading.Lock()
 
     # ---------------------------------------------------------------- auth
     def _lookup(self, token: object) -> Rater:
@@ -118,7 +159,7 @@ class RatingService:
     def authenticate(self, token: object, role: str = "rater") -> Rater:
         """The rater behind ``token``; AuthError if unknown or revoked, Forbidden for the wrong role.
 
-        Every authenticated call spends one unit of the token's rate-limit bucket.
+        Every authenticated call spends one unit of the rater's rate-limit bucket.
         """
         rater = self._lookup(token)
         if rater.role != role:
@@ -145,65 +186,88 @@ class RatingService:
         rater = self.authenticate(token)
         opened = self.store.open_assignment(self.study.study_id, rater.rater_id)
         if opened is None:
-            with self._schedule_lock:  # one process: no two raters race for the last slot
-                opened = self._assign(rater)
+            opened = self._assign(rater)
             if opened is None:
                 return None
         return self._view(rater, opened[0])
 
     def _assign(self, rater: Rater) -> tuple[Assignment, int, float] | None:
-        now = self.clock()
-        snapshot = self.store.snapshot(
-            self.study.study_id,
-            rater.rater_id,
-            lease_cutoff=now - self.lease_s,
-            with_votes=self.study.schedule == "adaptive",
-        )
-        task = pick_task(self.study, self.tasks, snapshot, rater.rater_id)
-        if task is None:
-            return None
-        first, second = self.study.sides_of(task)
-        left, right = (first, second) if random.SystemRandom().random() < 0.5 else (second, first)
-        a = Assignment(
-            assignment_id=new_id(16),
-            study_id=self.study.study_id,
-            rater_id=rater.rater_id,
-            task_id=task.task_id,
-            item_id=task.item_id,
-            pair_id=task.pair_id,
-            is_gold=task.is_gold,
-            left_source=left,
-            right_source=right,
-            shown_at=now,
-        )
-        self.store.create_assignment(a)
-        return a, 0, now
+        for _ in range(3):  # a clash with the rater's own concurrent request: look again
+            mine = self.store.rater_tasks(self.study.study_id, rater.rater_id)
+            now = self.clock()
+            with self._schedule_lock:  # one process: no two raters race for the last slot
+                self.counters.refresh()
+                task = pick_task(
+                    self.study,
+                    self.tasks,
+                    self.counters.counts(self.lease_s),
+                    mine,
+                    rater.rater_id,
+                    self.counters.tallies() if self.study.schedule == "adaptive" else None,
+                )
+                if task is None:
+                    return None
+                first, second = self.study.sides_of(task)
+                with self._rng_lock:
+                    swap = self.rng.random() >= 0.5
+                left, right = (second, first) if swap else (first, second)
+                a = Assignment(
+                    assignment_id=new_id(16),
+                    study_id=self.study.study_id,
+                    rater_id=rater.rater_id,
+                    task_id=task.task_id,
+                    item_id=task.item_id,
+                    pair_id=task.pair_id,
+                    is_gold=task.is_gold,
+                    left_source=left,
+                    right_source=right,
+                    shown_at=now,
+                )
+                self.counters.handed_out(a)
+            try:
+                self.store.create_assignment(a)
+            except Conflict:
+                self.counters.withdrawn(a.assignment_id)
+                continue
+            except BaseException:
+                self.counters.withdrawn(a.assignment_id)
+                raise
+            self._remember(a)
+            return a, 0, now
+        return None
+
+    def _remember(self, a: Assignment) -> None:
+        if len(self._assignments) > 50_000:
+            self._assignments.clear()
+        self._assignments[a.assignment_id] = a
+
+    def _assignment(self, assignment_id: str) -> Assignment | None:
+        a = self._assignments.get(assignment_id)
+        if a is None:
+            a = self.store.assignment(self.study.study_id, assignment_id)
+            if a is not None:
+                self._remember(a)
+        return a
 
     def _view(self, rater: Rater, a: Assignment) -> TaskView:
         item = self.study.items[a.item_id]
         n = self.study.images_per_side
         url = f"{self.image_base}/{a.assignment_id}"
-        counts = self._progress_counts(rater.rater_id)
         return TaskView(
             study_id=self.study.study_id,
             assignment_id=a.assignment_id,
             submission_id=new_id(16),
             caption=item.prompt,
-            questions=[(q, QUESTIONS[q].format(caption=item.prompt)) for q in self.study.questions],
+            questions=[(q, question_text(q, item.prompt)) for q in self.study.questions],
             answers=dict(ANSWERS),
             left_images=[f"{url}/a{i}" for i in range(n)],
             right_images=[f"{url}/b{i}" for i in range(n)],
-            rated_by_you=counts["mine"],
-            study_done=counts["done"],
+            rated_by_you=self.store.rater_answered(
+                self.study.study_id, rater.rater_id, self.study.questions[0]
+            ),
+            study_done=self.counters.done(),
             study_target=self.study.target_total(),
         )
-
-    def _progress_counts(self, rater_id: str) -> dict[str, Any]:
-        per_task, mine = self.store.answered_counts(
-            self.study.study_id, rater_id, self.study.questions[0]
-        )
-        done = sum(min(c, self.study.ratings_per_item) for c in per_task.values())
-        return {"done": done, "mine": mine}
 
     # ---------------------------------------------------------------- votes
     def submit(
@@ -214,13 +278,17 @@ class RatingService:
         submission_id: object,
         study_id: object = None,
     ) -> Receipt:
-        """Validate and store one task's answers (choices 'A', 'B' or 'tie' per question)."""
+        """Validate and store one task's answers (choices 'A', 'B' or 'tie' per question).
+
+        A repeat of a stored submission returns its receipt with ``duplicate=True``; a repeat
+        of a submission that was undone since is refused (Conflict): it no longer counts.
+        """
         self._check_study(study_id)
         assignment_id = check_id(assignment_id, "task id")
         submission_id = check_id(submission_id, "submission id")
         clean = self._check_answers(answers)
         rater = self.authenticate(token)
-        return self.store.record_submission(
+        receipt = self.store.record_submission(
             Submission(
                 study_id=self.study.study_id,
                 submission_id=submission_id,
@@ -230,6 +298,14 @@ class RatingService:
                 answered_at=self.clock(),
             )
         )
+        if not receipt.duplicate:
+            a = self._assignment(assignment_id)
+            if a is not None:
+                preferred = {
+                    q: {"A": a.left_source, "B": a.right_source}.get(c) for q, c in clean.items()
+                }
+                self.counters.voted(a, submission_id, preferred)
+        return receipt
 
     def _check_answers(self, answers: object) -> dict[str, str]:
         wanted = self.study.questions
@@ -258,34 +334,59 @@ class RatingService:
         if submission_id is not None:
             submission_id = check_id(submission_id, "submission id")
         rater = self.authenticate(token)
-        return self.store.record_undo(
-            self.study.study_id,
-            rater.rater_id,
-            self.clock(),
-            self.study.undo_window_s,
-            submission_id,
+        now = self.clock()
+        receipt = self.store.record_undo(
+            self.study.study_id, rater.rater_id, now, self.study.undo_window_s, submission_id
         )
+        if not receipt.duplicate:
+            a = self._assignment(receipt.assignment_id)
+            if a is not None:
+                self.counters.undone(a, receipt.submission_id, now)
+        return receipt
 
     # ---------------------------------------------------------------- images
-    def image_file(self, assignment_id: object, slot: object) -> Path:
-        """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``."""
+    def _image_path(self, assignment_id: object, slot: object) -> Path:
         assignment_id = check_id(assignment_id, "image reference")
         m = _SLOT_RE.match(slot) if isinstance(slot, str) else None
         if m is None or int(m.group(2)) >= self.study.images_per_side:
             raise NotFound("unknown image")
-        a = self._assignments.get(assignment_id)
+        a = self._assignment(assignment_id)
         if a is None:
-            a = self.store.assignment(self.study.study_id, assignment_id)
-            if a is None:
-                raise NotFound("unknown image")
-            if len(self._assignments) > 50_000:
-                self._assignments.clear()
-            self._assignments[assignment_id] = a
+            raise NotFound("unknown image")
+        if a.rater_id in self._revoked():
+            raise AuthError("this access token was revoked: its images are no longer shown")
+        self.image_limiter.take(a.rater_id)
         source = a.left_source if m.group(1) == "a" else a.right_source
-        path = self.study.side_images(self.tasks[a.task_id], source)[int(m.group(2))]
-        if not is_inside(path, self.study.allowed_roots()) or not path.is_file():
+        return self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))]
+
+    def _revoked(self) -> set[str]:
+        """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds."""
+        with self._revoked_lock:
+            now = time.monotonic()
+            if now - self._revoked_read > REVOKED_TTL_S:
+                self._revoked_ids = self.store.revoked_raters(self.study.study_id)
+                self._revoked_read = now
+            return self._revoked_ids
+
+    def image_file(self, assignment_id: object, slot: object) -> Path:
+        """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``.
+
+        Unknown references are NotFound, images of revoked raters AuthError (within
+        REVOKED_TTL_S of the revocation); every image request spends one unit of the rater's
+        image bucket.
+        """
+        path = self._image_path(assignment_id, slot)
+        try:
+            inside = any(path.resolve().is_relative_to(r) for r in self._roots)
+        except (OSError, RuntimeError):  # a symlink loop swapped in under the running server
+            inside = False
+        if not inside:
             raise NotFound("unknown image")
         return path
+
+    def image(self, assignment_id: object, slot: object) -> bytes:
+        """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
+        return self.images.get(self._image_path(assignment_id, slot), self._roots)
 
     # ---------------------------------------------------------------- admin
     def progress(self, admin_token: object) -> dict[str, Any]:
@@ -310,12 +411,13 @@ def progress_report(study: Study, store: Store, now: float) -> dict[str, Any]:
     per_rater: dict[str, dict[str, Any]] = {}
     for r in store.raters(study.study_id):
         per_rater[r.rater_id] = {
+            "rater_id": r.rater_id,
             "name": r.name,
             "role": r.role,
             "revoked": not r.active,
             "tasks": 0,
-            "gold_answers": 0,
-            "gold_correct": 0,
+            "gold_tasks": 0,
+            "gold_passed": 0,
             "last_active": None,
         }
     for s in submissions.values():
@@ -324,15 +426,12 @@ def progress_report(study: Study, store: Store, now: float) -> dict[str, Any]:
         row["last_active"] = max(row["last_active"] or 0.0, s["answered_at"])
         if not s["is_gold"]:
             by_task[s["task_id"]] += 1
-    for v in votes:
-        if v["is_gold"]:
-            row = per_rater[v["rater_id"]]
-            row["gold_answers"] += 1
-            row["gold_correct"] += int(v["preferred"] == "clean")
+    for rater_id, passed in gold_outcomes(votes).values():
+        row = per_rater[rater_id]
+        row["gold_tasks"] += 1
+        row["gold_passed"] += int(passed)
     for row in per_rater.values():
-        row["gold_accuracy"] = (
-            row["gold_correct"] / row["gold_answers"] if row["gold_answers"] else None
-        )
+        row["gold_accuracy"] = row["gold_passed"] / row["gold_tasks"] if row["gold_tasks"] else None
     per_item: dict[str, dict[str, Any]] = {}
     per_category: dict[str, dict[str, int]] = defaultdict(lambda: {"done": 0, "target": 0})
     for item in study.items.values():

@@ -9,6 +9,7 @@ every image still lies inside its run folder.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +35,22 @@ QUESTIONS: dict[str, str] = {
 ANSWERS: dict[str, str] = {"A": "I prefer set A", "tie": "I am indifferent", "B": "I prefer set B"}
 CHOICES = ("A", "tie", "B")
 GOLD_PAIR = "gold"
+
+
+def question_text(question: str, caption: str) -> str:
+    """The question as a rater reads it, in the paper's wording, for ``caption``.
+
+    A caption's own closing punctuation is not doubled: "A red vase." gives "...: A red vase?"
+    and "Is it a vase?" gives "...: Is it a vase?".
+    """
+    text = QUESTIONS[question]
+    if "{caption}" not in text:
+        return text
+    shown = caption.strip()
+    shown = shown.rstrip(".").rstrip() or shown
+    if text.endswith("{caption}?") and shown.endswith(("?", "!")):
+        return text[: -len("{caption}?")] + shown
+    return text.replace("{caption}", shown)
 
 
 @dataclass(frozen=True)
@@ -128,8 +145,8 @@ class Study:
         """Folders images may be served from: the runs' folders and the study's gold folder."""
         return [Path(r.path) for r in self.runs.values()] + [self.root / "gold"]
 
-    def side_images(self, task: Task, side_source: str) -> list[Path]:
-        """Absolute image paths for one side: a run key, or 'clean'/'degraded' for gold tasks."""
+    def side_paths(self, task: Task, side_source: str) -> list[Path]:
+        """Absolute image paths for one side, unchecked (``side_images`` checks them)."""
         if task.gold_id is not None:
             g = self.gold[task.gold_id]
             if side_source == "degraded":
@@ -140,6 +157,11 @@ class Study:
         else:
             run = self.runs[side_source]
             paths = [Path(run.path) / p for p in self.items[task.item_id].images[side_source]]
+        return paths
+
+    def side_images(self, task: Task, side_source: str) -> list[Path]:
+        """Absolute image paths for one side: a run key, or 'clean'/'degraded' for gold tasks."""
+        paths = self.side_paths(task, side_source)
         roots = self.allowed_roots()
         for p in paths:
             if not is_inside(p, roots):
@@ -306,6 +328,30 @@ def check_runs_line_up(runs: list[RunData], suite: str, images_per_side: int) ->
                 )
 
 
+def warn_if_sizes_differ(runs: dict[str, StudyRun], items: dict[str, StudyItem]) -> None:
+    """Warn when runs' images differ in pixel size: raters could tell the runs apart by it."""
+    from PIL import Image
+
+    sizes: dict[str, set[tuple[int, int]]] = {k: set() for k in runs}
+    for item in list(items.values())[:20]:
+        for key, rels in item.images.items():
+            try:
+                with Image.open(Path(runs[key].path) / rels[0]) as im:
+                    sizes[key].add(im.size)
+            except OSError:
+                continue
+    distinct = {frozenset(v) for v in sizes.values() if v}
+    if len(distinct) > 1:
+        shown = "; ".join(
+            f"{runs[k].run_id}: {', '.join(f'{w}x{h}' for w, h in sorted(v))}"
+            for k, v in sizes.items()
+        )
+        log(
+            f"warning: the runs' images differ in pixel size ({shown}); raters can tell the "
+            "runs apart by it (resize them to one size for a blind study)"
+        )
+
+
 def make_pairs(keys: list[str], baseline: str | None) -> dict[str, Pair]:
     """All pairs of runs, or the baseline against each other run (baseline is side a)."""
     if baseline is None:
@@ -356,6 +402,8 @@ def create_study(
     if len({r.run_id for r in runs}) != len(runs):
         raise UsageError("--runs: two folders hold the same run id")
     check_runs_line_up(runs, suite, images_per_side)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)  # the study holds the vote database and which model is which
 
     study_runs = {
         f"r{i}": StudyRun(
@@ -413,7 +461,9 @@ def create_study(
             degraded.append(target)
         gold[gold_id] = GoldTask(gold_id, item_id, run_key, tuple(degraded))
     if n_gold:
+        os.chmod(root / "gold", 0o700)
         log(f"wrote {n_gold} gold tasks under {root / 'gold'}")
+    warn_if_sizes_differ(study_runs, items)
 
     study = Study(
         root=root,
