@@ -73,7 +73,7 @@ def test_alpha_sigma_are_variance_preserving_and_invert_to_the_logsnr():
 # one pixel: x = 0.4, ε = −1.2 at λ = log 3
 X, EPS = 0.4, -1.2
 Z = SQRT3_2 * X + 0.5 * EPS  # z = α x + σ ε = 0.3464102 − 0.6 = −0.2535898
-V = SQRT3_2 * EPS - 0.5 * X  # v = α ε − σ x (Salimans & Ho 2022, eq. 8 area) = −1.2392305
+V = SQRT3_2 * EPS - 0.5 * X  # v = α ε − σ x (Salimans & Ho 2022, §4) = −1.2392305
 
 
 def test_forward_process_is_alpha_x_plus_sigma_eps():
