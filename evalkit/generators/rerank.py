@@ -27,8 +27,8 @@ import torch
 from evalkit import __version__
 from evalkit.batching import run_in_micro_batches, worker_count
 from evalkit.errors import GenerationError, MissingWeightsError, UsageError
-from evalkit.generate import request_identity
 from evalkit.generators.base import GenerationRequest, Generator, GeneratorContext, check_output
+from evalkit.image_plan import request_identity
 from evalkit.metrics.clip_models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
