@@ -29,6 +29,9 @@ import typer
 from evalkit.console import run_console
 from evalkit.errors import InputError, UsageError
 
+# The commands import the training code (torch, datasets) inside their functions: this module
+# is imported by every ``evalkit`` command line, which must start without torch.
+
 train_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
