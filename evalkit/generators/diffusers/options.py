@@ -23,8 +23,6 @@ SAMPLING_KEYS = (
     "native_resolution",
     "pipeline_kwargs",
 )
-
-
 OPTION_KEYS = {
     "card",
     "pipeline",
@@ -39,8 +37,6 @@ OPTION_KEYS = {
     "batch_size",
     *SAMPLING_KEYS,
 }
-
-
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -49,11 +45,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-
-
 OFFLOAD = ("none", "model", "sequential")
-
-
 SCHEDULER_ALIASES = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",
@@ -66,8 +58,6 @@ SCHEDULER_ALIASES = {
     "dpmsolver": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
-
-
 #: ``__call__`` arguments the adapter sets itself (``pipeline_kwargs`` may not)
 RESERVED_CALL_KWARGS = {
     "prompt",
@@ -87,8 +77,6 @@ RESERVED_CALL_KWARGS = {
     "num_images_per_prompt",
     "return_dict",
 }
-
-
 #: settings that do not change the pixels (recorded, but kept out of the fingerprint)
 NON_PIXEL_SETTINGS = ("offload",)
 
