@@ -1,40 +1,19 @@
-"""The built-in registry entries, as lazy ``module:attr`` targets (nothing heavy imported here)."""
+"""The built-in registry entries, as lazy ``module:attr`` targets (nothing heavy imported here).
+
+:func:`register_builtins` fills the registries that :mod:`evalkit.registry` creates; it is
+handed them, so this module (and :mod:`evalkit.cards`) never imports the registry back.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from evalkit.cards import card_entries, card_entry_for_path
-from evalkit.registry import METRICS, MODELS, SUITES, Entry
+from evalkit.registry_entry import Entry
 
-# Models (generators). Factories take (options: dict, context: GeneratorContext).
-MODELS.register(
-    "reference",
-    "evalkit.generators.reference:make_reference_generator",
-    description="the suite's own reference images (real-vs-real sanity numbers)",
-)
-MODELS.register(
-    "toy",
-    "evalkit.generators.toy:make_toy_generator",
-    description="tiny deterministic procedural generator for tests and plumbing",
-)
-MODELS.register(
-    "imagen",
-    "evalkit.generators.imagen_adapter:make_imagen_generator",
-    description="in-repo Imagen cascade (weights from a model card, or random with --allow-random-weights)",
-)
-MODELS.register(
-    "diffusers",
-    "evalkit.generators.diffusers_adapter:make_diffusers_generator",
-    description="any diffusers text-to-image pipeline by hub id or local path (SD, SDXL, PixArt, DeepFloyd IF)",
-)
-MODELS.register(
-    "rerank",
-    "evalkit.generators.rerank:make_rerank_generator",
-    description="DALL-E-style best-of-N by CLIP score around any registered model",
-)
-MODELS.add_source(card_entries)
-MODELS.add_resolver(card_entry_for_path)
+if TYPE_CHECKING:
+    from evalkit.registry import Registry
 
 
 def _images_entry(name: str) -> Entry | None:
@@ -51,78 +30,108 @@ def _images_entry(name: str) -> Entry | None:
     return Entry(name, factory, f"existing images in {folder}", "images:DIR")
 
 
-MODELS.add_resolver(_images_entry)
+def register_builtins(models: Registry, suites: Registry, metrics: Registry) -> None:
+    """Register the built-in models, suites and metrics, model cards and ``images:DIR``."""
+    # Models (generators). Factories take (options: dict, context: GeneratorContext).
+    models.register(
+        "reference",
+        "evalkit.generators.reference:make_reference_generator",
+        description="the suite's own reference images (real-vs-real sanity numbers)",
+    )
+    models.register(
+        "toy",
+        "evalkit.generators.toy:make_toy_generator",
+        description="tiny deterministic procedural generator for tests and plumbing",
+    )
+    models.register(
+        "imagen",
+        "evalkit.generators.imagen_adapter:make_imagen_generator",
+        description="in-repo Imagen cascade (weights from a model card, or random with --allow-random-weights)",
+    )
+    models.register(
+        "diffusers",
+        "evalkit.generators.diffusers:make_diffusers_generator",
+        description="any diffusers text-to-image pipeline by hub id or local path (SD, SDXL, PixArt, DeepFloyd IF)",
+    )
+    models.register(
+        "rerank",
+        "evalkit.generators.rerank:make_rerank_generator",
+        description="DALL-E-style best-of-N by CLIP score around any registered model",
+    )
+    models.add_source(partial(card_entries, models))
+    models.add_resolver(partial(card_entry_for_path, models))
+    models.add_resolver(_images_entry)
 
-# Suites. Factories take (options: dict).
-SUITES.register(
-    "shapes",
-    "evalkit.suites.shapes:make_shapes_suite",
-    description="offline procedurally rendered compositional scenes",
-)
-SUITES.register(
-    "coco",
-    "evalkit.suites.coco:make_coco_suite",
-    description="zero-shot COCO FID-30K (Imagen protocol, 2014 val by default)",
-)
-SUITES.register(
-    "drawbench",
-    "evalkit.suites.drawbench:make_drawbench_suite",
-    description="DrawBench, 200 prompts in 11 categories (fetched, not bundled)",
-)
-SUITES.register(
-    "csv",
-    "evalkit.suites.prompt_files:make_csv_suite",
-    description="your own prompts from a CSV file (prompt[,id,category])",
-)
-SUITES.register(
-    "jsonl",
-    "evalkit.suites.prompt_files:make_jsonl_suite",
-    description="your own prompts from a JSONL file (prompt[,id,category])",
-)
+    # Suites. Factories take (options: dict).
+    suites.register(
+        "shapes",
+        "evalkit.suites.shapes:make_shapes_suite",
+        description="offline procedurally rendered compositional scenes",
+    )
+    suites.register(
+        "coco",
+        "evalkit.suites.coco:make_coco_suite",
+        description="zero-shot COCO FID-30K (Imagen protocol, 2014 val by default)",
+    )
+    suites.register(
+        "drawbench",
+        "evalkit.suites.drawbench:make_drawbench_suite",
+        description="DrawBench, 200 prompts in 11 categories (fetched, not bundled)",
+    )
+    suites.register(
+        "csv",
+        "evalkit.suites.prompt_files:make_csv_suite",
+        description="your own prompts from a CSV file (prompt[,id,category])",
+    )
+    suites.register(
+        "jsonl",
+        "evalkit.suites.prompt_files:make_jsonl_suite",
+        description="your own prompts from a JSONL file (prompt[,id,category])",
+    )
 
-# Metrics. Factories take (options: dict, context: MetricContext).
-METRICS.register(
-    "fid",
-    "evalkit.metrics.fid:make_fid",
-    description="Fréchet Inception Distance (TF-Inception pool3, torch-fidelity exact)",
-)
-METRICS.register(
-    "kid",
-    "evalkit.metrics.kid:make_kid",
-    description="Kernel Inception Distance (unbiased MMD², seeded subsets)",
-)
-METRICS.register(
-    "is",
-    "evalkit.metrics.inception_score:make_inception_score",
-    description="Inception Score (seeded splits)",
-)
-METRICS.register(
-    "prc",
-    "evalkit.metrics.feature_sets:make_prc",
-    description="precision (value) and recall, k=3, VGG16 features (Kynkäänniemi et al. 2019)",
-)
-METRICS.register(
-    "density_coverage",
-    "evalkit.metrics.feature_sets:make_density_coverage",
-    description="coverage (value) and density, k=5, VGG16 features (Naeem et al. 2020)",
-)
-METRICS.register(
-    "cmmd",
-    "evalkit.metrics.feature_sets:make_cmmd",
-    description="CMMD: RBF MMD on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
-)
-METRICS.register(
-    "fd_dinov2",
-    "evalkit.metrics.feature_sets:make_fd_dinov2",
-    description="Frechet distance on DINOv2 ViT-L/14 features (Stein et al. 2023)",
-)
-METRICS.register(
-    "clip_score",
-    "evalkit.metrics.clip_score:make_clip_score",
-    description="CLIP score with open_clip (raw cosine and x100)",
-)
-METRICS.register(
-    "shapes_accuracy",
-    "evalkit.metrics.shapes_accuracy:make_shapes_accuracy",
-    description="GenEval-style per-image check of a shapes prompt's every clause",
-)
+    # Metrics. Factories take (options: dict, context: MetricContext).
+    metrics.register(
+        "fid",
+        "evalkit.metrics.fid:make_fid",
+        description="Fréchet Inception Distance (TF-Inception pool3, torch-fidelity exact)",
+    )
+    metrics.register(
+        "kid",
+        "evalkit.metrics.kid:make_kid",
+        description="Kernel Inception Distance (unbiased MMD², seeded subsets)",
+    )
+    metrics.register(
+        "is",
+        "evalkit.metrics.inception_score:make_inception_score",
+        description="Inception Score (seeded splits)",
+    )
+    metrics.register(
+        "prc",
+        "evalkit.metrics.feature_sets:make_prc",
+        description="precision (value) and recall, k=3, VGG16 features (Kynkäänniemi et al. 2019)",
+    )
+    metrics.register(
+        "density_coverage",
+        "evalkit.metrics.feature_sets:make_density_coverage",
+        description="coverage (value) and density, k=5, VGG16 features (Naeem et al. 2020)",
+    )
+    metrics.register(
+        "cmmd",
+        "evalkit.metrics.feature_sets:make_cmmd",
+        description="CMMD: RBF MMD on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
+    )
+    metrics.register(
+        "fd_dinov2",
+        "evalkit.metrics.feature_sets:make_fd_dinov2",
+        description="Frechet distance on DINOv2 ViT-L/14 features (Stein et al. 2023)",
+    )
+    metrics.register(
+        "clip_score",
+        "evalkit.metrics.clip_score:make_clip_score",
+        description="CLIP score with open_clip (raw cosine and x100)",
+    )
+    metrics.register(
+        "shapes_accuracy",
+        "evalkit.metrics.shapes_accuracy:make_shapes_accuracy",
+        description="GenEval-style per-image check of a shapes prompt's every clause",
+    )

@@ -30,9 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evalkit.errors import InputError
+from evalkit.errors import InputError, UsageError
+from evalkit.registry_entry import Entry
+
+if TYPE_CHECKING:
+    from evalkit.registry import Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,20 +129,20 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     )
 
 
-def _card_factory(card: ModelCard, options: dict[str, Any], context: Any) -> Any:
-    from evalkit.registry import MODELS
-
-    adapter = MODELS.get(card.adapter)
+def _card_factory(models: Registry, card: ModelCard, options: dict[str, Any], context: Any) -> Any:
+    """Build ``card``'s model: its adapter from ``models`` with the card's options merged in."""
+    adapter = models.get(card.adapter)
     merged = {**card.options, **card.sampling, **options}
     if context is not None:
         context.extra["card"] = card  # adapters read weights from context.extra["card"]
     return adapter(merged, context)
 
 
-def card_entries() -> list[Any]:
-    """Registry entries for every card found (a broken card is skipped here, reported on use)."""
-    from evalkit.registry import Entry
+def card_entries(models: Registry) -> list[Entry]:
+    """Registry entries for every card found (a broken card is skipped here, reported on use).
 
+    ``models`` is the registry the cards' adapters are looked up in when a card is used.
+    """
     entries: list[Entry] = []
     for folder in card_dirs():
         for path in sorted(folder.glob("*.toml")):
@@ -150,7 +154,7 @@ def card_entries() -> list[Any]:
                 )
                 continue
             entries.append(
-                Entry(card.name, partial(_card_factory, card), card.description, str(path))
+                Entry(card.name, partial(_card_factory, models, card), card.description, str(path))
             )
     return entries
 
@@ -159,19 +163,16 @@ def _broken_card(exc: InputError, *args: Any, **kwargs: Any) -> Any:
     raise exc
 
 
-def card_entry_for_path(name: str) -> Any:
+def card_entry_for_path(models: Registry, name: str) -> Entry | None:
     """The registry entry of a card given by its path (``--model path/to/card.toml``), else None.
 
     UsageError when ``name`` ends in ``.toml`` but no such file exists; InputError (naming the
     file and field) when it is not a valid card.
     """
-    from evalkit.errors import UsageError
-    from evalkit.registry import Entry
-
     if not name.endswith(".toml"):
         return None
     path = Path(name).expanduser()
     if not path.is_file():
         raise UsageError(f"--model {name}: no such model card file")
     card = load_card(path)
-    return Entry(name, partial(_card_factory, card), card.description, str(path.resolve()))
+    return Entry(name, partial(_card_factory, models, card), card.description, str(path.resolve()))

@@ -20,37 +20,18 @@ Usage::
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from evalkit.builtins import register_builtins
 from evalkit.errors import UsageError
+from evalkit.registry_entry import Entry
+
+__all__ = ["METRICS", "MODELS", "REGISTRIES", "SUITES", "Entry", "Registry"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One registered name: where its factory lives and a one-line description."""
-
-    name: str
-    target: Any  # a "module:attr" string (lazy) or the factory itself
-    description: str = ""
-    source: str = "built-in"
-
-    def load(self) -> Any:
-        """Import (if needed) and return the factory."""
-        if not isinstance(self.target, str):
-            return self.target
-        module_name, _, attr = self.target.partition(":")
-        module = importlib.import_module(module_name)
-        obj: Any = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
 
 
 class Registry:
@@ -147,9 +128,4 @@ METRICS = Registry("metrics", "evalkit.metrics")
 
 REGISTRIES = {"models": MODELS, "suites": SUITES, "metrics": METRICS}
 
-
-def _register_builtins() -> None:
-    from evalkit import builtins  # noqa: F401  (registers on import)
-
-
-_register_builtins()
+register_builtins(MODELS, SUITES, METRICS)

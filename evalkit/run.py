@@ -30,7 +30,9 @@ from evalkit.distributed import (
 from evalkit.environment import environment
 from evalkit.errors import EvalkitError, UsageError
 from evalkit.features.store import RunFeatures, export_reference_data
-from evalkit.generate import (
+from evalkit.generators.base import Generator, GeneratorContext
+from evalkit.image_cache import ImageCache
+from evalkit.image_plan import (
     PlannedImage,
     cascade_stages,
     find_missing,
@@ -40,8 +42,6 @@ from evalkit.generate import (
     plan_requests,
     shard,
 )
-from evalkit.generators.base import Generator, GeneratorContext
-from evalkit.image_cache import ImageCache
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.refstats import StatsOnlyReference
 from evalkit.paths import cache_root, cache_what, usable_dir

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from evalkit.cli import main
-from evalkit.generate import plan_requests
 from evalkit.generators import imagen_adapter
 from evalkit.generators.base import GeneratorContext
+from evalkit.image_plan import plan_requests
 from evalkit.metrics.shapes_accuracy import judge_image
 from evalkit.suites.shapes import make_shapes_suite
 from tests.fixtures_fid import shared_weights, weights_cache  # noqa: F401 (fixtures by name)

@@ -25,13 +25,15 @@ from evalkit.errors import (  # noqa: E402
     MissingWeightsError,
     UsageError,
 )
-from evalkit.generators import diffusers_adapter as da  # noqa: E402
 from evalkit.generators.base import (  # noqa: E402
     GenerationRequest,
     GeneratorContext,
     check_output,
 )
-from evalkit.generators.diffusers_adapter import make_diffusers_generator  # noqa: E402
+from evalkit.generators.diffusers import (
+    hub,  # noqa: E402
+    make_diffusers_generator,  # noqa: E402
+)
 from evalkit.registry import MODELS  # noqa: E402
 from evalkit.suites.base import Item  # noqa: E402
 from tests import fixtures_diffusers as fx  # noqa: E402
@@ -319,7 +321,7 @@ def test_nan_output_raises_generation_error(pipes, monkeypatch):
 
 
 def test_bad_options_raise_usage_errors(pipes):
-    with pytest.raises(UsageError, match="unknown diffusers option"):
+    with pytest.raises(UsageError, match="model 'diffusers': unknown option"):
         _make(pipes, "sd", stepz=2)
     with pytest.raises(UsageError, match="dtype"):
         _make(pipes, "sd", dtype="float8")
@@ -384,15 +386,15 @@ def test_fingerprint_changes_with_sampling_settings_and_weights(pipes, sd, tmp_p
 def test_weights_hash_is_cached_on_disk_and_not_recomputed(pipes, tmp_path, monkeypatch):
     copy = shutil.copytree(pipes["sd"], tmp_path / "sd-copy")
     cache = tmp_path / "cache"
-    first = da.folder_digest(copy, cache_dir=str(cache))
+    first = hub.folder_digest(copy, cache_dir=str(cache))
     assert (cache / "diffusers" / "file-sha256.json").is_file()
-    monkeypatch.setattr(da, "_FILE_HASHES", {})  # forget the in-process memo
+    monkeypatch.setattr(hub, "_FILE_HASHES", {})  # forget the in-process memo
 
     def no_hashing(path):
         raise AssertionError(f"rehashed {path}")
 
-    monkeypatch.setattr(da, "sha256_file", no_hashing)
-    assert da.folder_digest(copy, cache_dir=str(cache)) == first
+    monkeypatch.setattr(hub, "sha256_file", no_hashing)
+    assert hub.folder_digest(copy, cache_dir=str(cache)) == first
 
 
 def test_weight_file_selection_follows_variant_and_prefers_safetensors(tmp_path):
@@ -408,13 +410,13 @@ def test_weight_file_selection_follows_variant_and_prefers_safetensors(tmp_path)
     text = tmp_path / "text_encoder"
     text.mkdir()
     (text / "model.safetensors").write_bytes(b"y")
-    names = {p.relative_to(tmp_path).as_posix() for p in da.pipeline_files(tmp_path)}
+    names = {p.relative_to(tmp_path).as_posix() for p in hub.pipeline_files(tmp_path)}
     assert names == {
         "unet/diffusion_pytorch_model.safetensors",
         "unet/config.json",
         "text_encoder/model.safetensors",
     }
-    fp16 = {p.relative_to(tmp_path).as_posix() for p in da.pipeline_files(tmp_path, "fp16")}
+    fp16 = {p.relative_to(tmp_path).as_posix() for p in hub.pipeline_files(tmp_path, "fp16")}
     assert "unet/diffusion_pytorch_model.fp16.safetensors" in fp16
     assert "text_encoder/model.safetensors" in fp16  # no fp16 file there: plain weights
     assert "unet/diffusion_pytorch_model.safetensors" not in fp16
@@ -494,7 +496,11 @@ def test_bundled_card_without_cached_weights_fails_with_the_fetch_hint(tmp_path,
 
 
 def test_card_with_a_local_pipeline_path_supplies_weights_and_sampling(pipes, tmp_path):
-    from evalkit.cards import _card_factory
+    from functools import partial
+
+    from evalkit import cards
+
+    _card_factory = partial(cards._card_factory, MODELS)  # the card's adapter from MODELS
 
     (tmp_path / "card.toml").write_text(
         "\n".join(

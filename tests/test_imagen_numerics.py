@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.composable import Concept, format_composable, parse_composable
 from evalkit.errors import InputError
-from evalkit.imagen.composable import Concept, format_composable, parse_composable
 from evalkit.imagen.guidance import cfg, combine_rows, compose, plan_rows
 from evalkit.imagen.schedules import alpha_sigma, logsnr_cosine, logsnr_linear
 from evalkit.imagen.thresholding import dynamic_threshold, static_threshold

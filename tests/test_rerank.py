@@ -12,7 +12,6 @@ import torch
 import tests.conftest  # noqa: F401  (registers the test suite and metric)
 from evalkit.cli import main
 from evalkit.errors import MissingWeightsError, UsageError
-from evalkit.generate import cache_key, request_identity
 from evalkit.generators.base import GenerationRequest, GeneratorContext
 from evalkit.generators.rerank import (
     RerankGenerator,
@@ -21,6 +20,7 @@ from evalkit.generators.rerank import (
     make_rerank_generator,
 )
 from evalkit.generators.toy import ToyGenerator
+from evalkit.image_plan import cache_key, request_identity
 from evalkit.metrics import clip_score
 from evalkit.metrics.clip_models import TINY_RANDOM, load_clip
 from evalkit.registry import MODELS, Entry

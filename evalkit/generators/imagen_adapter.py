@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import evalkit
 from evalkit.batching import single_threaded_ops
-from evalkit.cards import BUNDLED_CARDS_DIR
+from evalkit.cards import BUNDLED_CARDS_DIR, load_card
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.generators.base import (
     GenerationRequest,
@@ -45,7 +45,17 @@ from evalkit.generators.base import (
     float_to_uint8,
 )
 from evalkit.hashing import sha256_file, sha256_json
+from evalkit.imagen import CODE_VERSION
+from evalkit.imagen.cascade import Cascade, Stage
+from evalkit.imagen.checkpoint import load_stage
+from evalkit.imagen.presets import CASCADES, TINY_TEXT, preset
+from evalkit.imagen.text_encoders import build_text_encoder
+from evalkit.imagen.unet import build_model, randomize_
+from evalkit.options import as_bool, as_int, check_known
+from evalkit.spec import parse_value
 
+#: the component named in option errors
+WHERE = "model 'imagen'"
 #: the card ``--model imagen`` uses when given no card, checkpoints or random option
 DEFAULT_CARD = BUNDLED_CARDS_DIR / "imagen-shapes.toml"
 
@@ -78,8 +88,6 @@ OPTION_KEYS = {
 def _per_stage(value: Any, n: int, key: str) -> list[Any]:
     """A scalar for every stage, or one value per stage (a list, or ``"4,1"`` from the command line)."""
     if isinstance(value, str) and "," in value:
-        from evalkit.spec import parse_value
-
         value = [parse_value(v) for v in value.split(",")]
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -117,8 +125,6 @@ def _checkpoint_specs(options: dict[str, Any]) -> list[tuple[str, Path, str | No
 
 
 def _load_stages(specs, device: str) -> tuple[list[Any], dict[str, str]]:
-    from evalkit.imagen.checkpoint import load_stage
-
     stages, hashes = [], {}
     for key, path, sha in specs:
         if not path.is_file():
@@ -144,8 +150,6 @@ def text_encoder_spec(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return dict(value)
     if value in (None, "tiny"):
-        from evalkit.imagen.presets import TINY_TEXT
-
         return dict(TINY_TEXT)
     if value == "minilm":
         return {
@@ -163,13 +167,9 @@ def text_encoder_spec(value: Any) -> dict[str, Any]:
 def _random_stages(
     options: dict[str, Any], encoder, device: str
 ) -> tuple[list[Any], dict[str, Any]]:
-    from evalkit.imagen.cascade import Stage
-    from evalkit.imagen.presets import CASCADES, preset
-    from evalkit.imagen.unet import build_model, randomize_
-
     name = options.get("random") or "tiny"
     names = CASCADES.get(name, (name,)) if isinstance(name, str) else tuple(name)
-    seed = int(options.get("random_seed", 0))
+    seed = as_int(options.get("random_seed", 0), "random_seed", WHERE)
     stages = []
     for k, preset_name in enumerate(names):
         cfg = preset(preset_name)
@@ -206,11 +206,9 @@ class ImagenGenerator(Generator):
             weights,
             context,
         )
-        self.composable = bool(options.get("composable", True))
-        self.batch_size = int(options.get("batch_size", 16))
+        self.composable = as_bool(options.get("composable", True), "composable", WHERE)
+        self.batch_size = as_int(options.get("batch_size", 16), "batch_size", WHERE, minimum=1)
         self.uncalibrated, self.name = uncalibrated, name
-        if self.batch_size < 1:
-            raise UsageError(f"imagen option batch_size must be positive, got {self.batch_size}")
 
     @property
     def native_resolution(self) -> int:
@@ -232,8 +230,6 @@ class ImagenGenerator(Generator):
         }
 
     def fingerprint(self) -> dict[str, Any]:
-        from evalkit.imagen import CODE_VERSION
-
         return {
             "adapter": "imagen",
             "weights": self.weights,
@@ -325,8 +321,6 @@ def _with_default_card(options: dict[str, Any], context: GeneratorContext) -> di
             "is missing; reinstall evalkit (the card and its weights ship in evalkit/model_cards/), "
             "train one (scripts/train_bundled_imagen.sh), or pass --model-opt checkpoints=[...]"
         )
-    from evalkit.cards import load_card
-
     card = load_card(DEFAULT_CARD)
     return {**card.options, **card.sampling, **options, "card": card}
 
@@ -336,13 +330,8 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
 
     With none of card, checkpoints and random, the bundled card :data:`DEFAULT_CARD` is used.
     """
-    from evalkit.imagen.cascade import Cascade
-    from evalkit.imagen.text_encoders import build_text_encoder
-
     options = dict(options)
-    unknown = sorted(set(options) - OPTION_KEYS)
-    if unknown:
-        raise UsageError(f"unknown imagen option(s) {unknown}; known: {sorted(OPTION_KEYS)}")
+    check_known(options, OPTION_KEYS, WHERE)
     options = _with_default_card(options, context)
     card = options.get("card")
     device = context.device
@@ -350,7 +339,7 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
     text_load: dict[str, Any] = {}
     if options.get("text_encoder_path"):
         text_load["path"] = str(options["text_encoder_path"])
-    if options.get("fetch"):
+    if as_bool(options.get("fetch", False), "fetch", WHERE):
         text_load["fetch"] = True
     if specs:
         if options.get("random"):
@@ -379,7 +368,9 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
         uncalibrated = True
     encoder.to(device)
     forward_batch = options.get("forward_batch", 4)
-    cascade = Cascade(encoder, stages, device=device, forward_batch=int(forward_batch or 0) or None)
+    if forward_batch is not None:  # None or 0: the whole batch in one forward
+        forward_batch = as_int(forward_batch, "forward_batch", WHERE, minimum=0) or None
+    cascade = Cascade(encoder, stages, device=device, forward_batch=forward_batch)
     n = len(stages)
     overrides = {k: _per_stage(options[k], n, k) for k in SAMPLING_KEYS if k in options}
     sampling = []

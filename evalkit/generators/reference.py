@@ -16,6 +16,7 @@ from evalkit import __version__
 from evalkit.errors import UsageError
 from evalkit.generators.base import GenerationRequest, Generator, GeneratorContext
 from evalkit.images import center_crop_resize
+from evalkit.options import check_known
 
 
 class ReferenceGenerator(Generator):
@@ -54,6 +55,5 @@ def make_reference_generator(
     options: dict[str, Any], context: GeneratorContext
 ) -> ReferenceGenerator:
     """Registry factory for ``reference`` (takes no options)."""
-    if options:
-        raise UsageError(f"model 'reference' takes no options, got {sorted(options)}")
+    check_known(options, (), "model 'reference'")
     return ReferenceGenerator(context)

@@ -27,8 +27,8 @@ import torch
 from evalkit import __version__
 from evalkit.batching import run_in_micro_batches, worker_count
 from evalkit.errors import GenerationError, MissingWeightsError, UsageError
-from evalkit.generate import request_identity
 from evalkit.generators.base import GenerationRequest, Generator, GeneratorContext, check_output
+from evalkit.image_plan import request_identity
 from evalkit.metrics.clip_models import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -36,9 +36,13 @@ from evalkit.metrics.clip_models import (
     TensorPreprocess,
     load_clip,
 )
+from evalkit.options import as_int, check_known
+from evalkit.registry import MODELS
 from evalkit.seeding import derive_seed
 
 NAME = "rerank"
+#: the component named in option errors
+WHERE = "model 'rerank'"
 OPTIONS = (
     "model",
     "model_opts",
@@ -89,12 +93,8 @@ class RerankGenerator(Generator):
         n: int = DEFAULT_N,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise UsageError(f"model 'rerank': n must be an integer ≥ 1, got {n!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(
-                f"model 'rerank': batch_size must be an integer ≥ 1, got {batch_size!r}"
-            )
+        n = as_int(n, "n", WHERE, minimum=1)
+        batch_size = as_int(batch_size, "batch_size", WHERE, minimum=1)
         self.inner = inner
         self.inner_name = inner_name
         self.clip_model, self.preprocess, self.tokenizer, self.clip_info = clip
@@ -259,13 +259,6 @@ def _inner_options(options: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _positive_int(options: dict[str, Any], key: str, default: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"model 'rerank': option {key} must be an integer ≥ 1, got {value!r}")
-    return value
-
-
 def make_rerank_generator(options: dict[str, Any], context: GeneratorContext) -> Generator:
     """Registry factory for ``rerank``.
 
@@ -274,14 +267,11 @@ def make_rerank_generator(options: dict[str, Any], context: GeneratorContext) ->
     ``clip_model`` / ``clip_pretrained`` / ``clip_weights_path`` (the scorer, by default the
     clip_score metric's backbone), ``batch_size`` (candidates generated and scored at once, 16).
     """
-    from evalkit.registry import MODELS
-
-    unknown = sorted(k for k in options if k not in OPTIONS and not k.startswith("model_opts."))
-    if unknown:
-        raise UsageError(
-            f"model 'rerank': unknown option(s) {unknown}; known: {sorted(OPTIONS)} "
-            "(and model_opts.KEY for the inner model's options)"
-        )
+    own = {k: v for k, v in options.items() if not k.startswith("model_opts.")}
+    try:
+        check_known(own, OPTIONS, WHERE)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (and model_opts.KEY for the inner model's options)") from None
     if _BUILDING_INNER.get():
         raise UsageError("model 'rerank' cannot wrap itself (rerank inside rerank)")
     inner_name = options.get("model")
@@ -292,8 +282,10 @@ def make_rerank_generator(options: dict[str, Any], context: GeneratorContext) ->
         )
     if inner_name == NAME:
         raise UsageError("model 'rerank' cannot wrap itself: give another model as option model")
-    n = _positive_int(options, "n", DEFAULT_N)
-    batch_size = _positive_int(options, "batch_size", DEFAULT_BATCH_SIZE)
+    n = as_int(options.get("n", DEFAULT_N), "n", WHERE, minimum=1)
+    batch_size = as_int(
+        options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size", WHERE, minimum=1
+    )
     inner_options = _inner_options(options)
     try:
         factory = MODELS.get(inner_name)

@@ -19,6 +19,7 @@ from evalkit.errors import UsageError
 from evalkit.generators.base import GenerationRequest, Generator, GeneratorContext
 from evalkit.hashing import sha256_text
 from evalkit.images import center_crop_resize
+from evalkit.options import as_float, as_int, check_known
 from evalkit.seeding import numpy_rng
 
 COLOURS = {
@@ -32,6 +33,8 @@ COLOURS = {
     "black": (15, 15, 15),
 }
 SETTINGS = ("native_resolution", "num_blobs", "noise")
+#: the component named in option errors
+WHERE = "model 'toy'"
 
 
 class ToyGenerator(Generator):
@@ -104,10 +107,15 @@ class ToyGenerator(Generator):
 
 def make_toy_generator(options: dict[str, Any], context: GeneratorContext) -> ToyGenerator:
     """Registry factory for ``toy``: options native_resolution, num_blobs, noise, delay_s."""
-    allowed = set(SETTINGS) | {"delay_s"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise UsageError(
-            f"model 'toy': unknown option(s) {sorted(unknown)}; known: {sorted(allowed)}"
+    check_known(options, (*SETTINGS, "delay_s"), WHERE)
+    kwargs: dict[str, Any] = {}
+    if "native_resolution" in options:
+        kwargs["native_resolution"] = as_int(
+            options["native_resolution"], "native_resolution", WHERE, minimum=8
         )
-    return ToyGenerator(context, **options)
+    if "num_blobs" in options:
+        kwargs["num_blobs"] = as_int(options["num_blobs"], "num_blobs", WHERE, minimum=0)
+    for key in ("noise", "delay_s"):
+        if key in options:
+            kwargs[key] = as_float(options[key], key, WHERE, minimum=0)
+    return ToyGenerator(context, **kwargs)

@@ -6,7 +6,8 @@ and never touches the network. Entry points:
 - :func:`evalkit.imagen.cascade.Cascade` samples a cascade of stages.
 - :func:`evalkit.imagen.checkpoint.save_stage` / :func:`~evalkit.imagen.checkpoint.load_stage`.
 - :func:`evalkit.imagen.trainer.train_stage` trains one stage.
-- :func:`evalkit.imagen.composable.parse_composable` parses ``"a AND b NOT c"`` prompts.
+- composed prompts (``"a AND b NOT c"``) are parsed by the neutral
+  :func:`evalkit.composable.parse_composable`, shared with the diffusers adapter.
 """
 
 #: Bumped whenever a change in this package can change sampled pixels (part of fingerprints).

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evalkit.errors import UsageError
 from evalkit.imagen.attention import CrossAttention, SelfAttention, group_norm, zero_
 
 
@@ -133,3 +134,20 @@ class Layer(nn.Module):
         if self.cross is not None:
             x = self.cross(x, tokens, mask)
         return x
+
+
+def with_lowres_cond(
+    x: torch.Tensor, lowres: torch.Tensor | None, cond_channels: int
+) -> torch.Tensor:
+    """Concatenate the (already upsampled) low-res image to the input when the model takes one."""
+    if cond_channels == 0:
+        if lowres is not None:
+            raise UsageError("this model takes no low-res image condition")
+        return x
+    if lowres is None:
+        raise UsageError("this super-resolution model needs the low-res image")
+    if lowres.shape[-2:] != x.shape[-2:]:
+        raise UsageError(
+            f"low-res condition must be upsampled to {tuple(x.shape[-2:])}, got {tuple(lowres.shape[-2:])}"
+        )
+    return torch.cat([x, lowres.to(x.dtype)], dim=1)

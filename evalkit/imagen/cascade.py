@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit.batching import run_in_micro_batches, single_threaded_ops, worker_count
+from evalkit.composable import Concept, parse_composable
 from evalkit.errors import UsageError
-from evalkit.imagen.composable import Concept, parse_composable
 from evalkit.imagen.configs import StageConfig, StageSampling
 from evalkit.imagen.diffusion import _bcast, eps_from_x0, to_eps_x0
 from evalkit.imagen.guidance import RowPlan, combine_rows, plan_rows

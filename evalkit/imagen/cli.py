@@ -26,7 +26,11 @@ from typing import Annotated, Any
 
 import typer
 
+from evalkit.console import run_console
 from evalkit.errors import InputError, UsageError
+
+# The commands import the training code (torch, datasets) inside their functions: this module
+# is imported by every ``evalkit`` command line, which must start without torch.
 
 train_app = typer.Typer(
     add_completion=False,
@@ -324,11 +328,20 @@ def write_card(
     typer.echo(str(card))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m evalkit.imagen.cli ARGS`` is ``evalkit train ARGS`` (same errors and exit codes)."""
-    from evalkit.cli import main as evalkit_main
+#: printed when training is interrupted (Ctrl-C)
+TRAIN_INTERRUPT_HINT = (
+    "interrupted: checkpoints are kept; rerun the same command to resume from the latest one"
+)
 
-    return evalkit_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evalkit.imagen.cli ARGS`` is ``evalkit train ARGS`` (same errors and exit codes).
+
+    Runs :data:`train_app` through :func:`evalkit.console.run_console`, as ``evalkit`` does, so
+    this module never imports the main command line (which mounts it).
+    """
+    args = sys.argv[1:] if argv is None else argv
+    return run_console(train_app, args, interrupt_hint=TRAIN_INTERRUPT_HINT)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from evalkit.errors import InputError, UsageError
+from evalkit.options import as_choice, as_float, as_int
 
 T = TypeVar("T")
 
@@ -141,8 +142,8 @@ class StageSampling:
     aug_level: float = 0.0
 
     def __post_init__(self) -> None:
+        # torch-backed module: configs stay importable without torch (model cards, the CLI)
         from evalkit.imagen.thresholding import THRESHOLDING
-        from evalkit.options import as_choice, as_float, as_int
 
         where = "imagen sampling"
         as_int(self.steps, "steps", where, minimum=1)
@@ -182,6 +183,7 @@ class StageConfig:
     name: str = "base"
 
     def __post_init__(self) -> None:
+        # torch-backed module: configs stay importable without torch (model cards, the CLI)
         from evalkit.imagen.schedules import get_schedule
 
         get_schedule(self.schedule)

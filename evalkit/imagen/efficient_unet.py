@@ -13,9 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from evalkit.imagen.attention import group_norm, zero_
-from evalkit.imagen.blocks import CondEmbedding, Downsample, Layer, ResBlock, Upsample
+from evalkit.imagen.blocks import (
+    CondEmbedding,
+    Downsample,
+    Layer,
+    ResBlock,
+    Upsample,
+    with_lowres_cond,
+)
 from evalkit.imagen.configs import EfficientUNetConfig
-from evalkit.imagen.unet import _with_cond
 
 
 def _layers(cfg: EfficientUNetConfig, c_in: int, c_out: int, n: int, res: int) -> nn.ModuleList:
@@ -101,7 +107,7 @@ class EfficientUNet(nn.Module):
         aug_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         emb = self.embed(t, pooled, aug_t)
-        h = self.conv_in(_with_cond(x, lowres, self.config.cond_channels))
+        h = self.conv_in(with_lowres_cond(x, lowres, self.config.cond_channels))
         skips = []
         for block in self.down:
             h = block(h, emb, tokens, mask)

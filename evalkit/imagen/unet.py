@@ -9,8 +9,16 @@ from torch import nn
 
 from evalkit.errors import UsageError
 from evalkit.imagen.attention import group_norm, zero_
-from evalkit.imagen.blocks import CondEmbedding, Downsample, Layer, ResBlock, Upsample
+from evalkit.imagen.blocks import (
+    CondEmbedding,
+    Downsample,
+    Layer,
+    ResBlock,
+    Upsample,
+    with_lowres_cond,
+)
 from evalkit.imagen.configs import EfficientUNetConfig, UNetConfig
+from evalkit.imagen.efficient_unet import EfficientUNet
 
 
 def _layer(cfg: UNetConfig, c_in: int, c_out: int, res: int) -> Layer:
@@ -96,7 +104,7 @@ class UNet(nn.Module):
         aug_t: torch.Tensor | None = None,
     ) -> torch.Tensor:
         emb = self.embed(t, pooled, aug_t)
-        h = self.conv_in(_with_cond(x, lowres, self.config.cond_channels))
+        h = self.conv_in(with_lowres_cond(x, lowres, self.config.cond_channels))
         skips = []
         for level, down in zip(self.down, self.downsample, strict=True):
             for layer in level:
@@ -112,28 +120,11 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _with_cond(x: torch.Tensor, lowres: torch.Tensor | None, cond_channels: int) -> torch.Tensor:
-    """Concatenate the (already upsampled) low-res image to the input when the model takes one."""
-    if cond_channels == 0:
-        if lowres is not None:
-            raise UsageError("this model takes no low-res image condition")
-        return x
-    if lowres is None:
-        raise UsageError("this super-resolution model needs the low-res image")
-    if lowres.shape[-2:] != x.shape[-2:]:
-        raise UsageError(
-            f"low-res condition must be upsampled to {tuple(x.shape[-2:])}, got {tuple(lowres.shape[-2:])}"
-        )
-    return torch.cat([x, lowres.to(x.dtype)], dim=1)
-
-
 def build_model(cfg: UNetConfig | EfficientUNetConfig) -> nn.Module:
     """The network a config describes."""
     if isinstance(cfg, UNetConfig):
         return UNet(cfg)
     if isinstance(cfg, EfficientUNetConfig):
-        from evalkit.imagen.efficient_unet import EfficientUNet
-
         return EfficientUNet(cfg)
     raise UsageError(f"unknown model config type {type(cfg).__name__}")
 

@@ -1,8 +1,10 @@
 """Composable Diffusion prompts (Liu et al. 2022): ``"a red cube:1.5 AND a blue sphere NOT fog:0.5"``.
 
-Pure Python (no torch), so any adapter can use it. Operators are the upper-case words
-``AND`` and ``NOT`` between concepts; each concept may end in ``:weight`` (only in a
-prompt with an operator, and not after a digit, so ``"16:9"`` or ``"at 12:30"`` stay text).
+Pure Python (no torch): the prompt syntax shared by the in-repo Imagen cascade and the
+diffusers adapter, each of which combines the concepts' guidance its own way. Operators are
+the upper-case words ``AND`` and ``NOT`` between concepts; each concept may end in
+``:weight`` (only in a prompt with an operator, and not after a digit, so ``"16:9"`` or
+``"at 12:30"`` stay text).
 A NOT concept gets a negative weight. The guidance combination is
 
     ε̂ = ε(x) + Σᵢ wᵢ · g · (ε(x|cᵢ) − ε(x)),

@@ -1,4 +1,7 @@
-"""The generation runner: per-image seeds, a content-addressed image cache, resume, sharding.
+"""The image plan of a run: which images it needs, their cache keys, and filling the gaps.
+
+The planner (model adapters live in :mod:`evalkit.generators`): per-image seeds, a
+content-addressed image cache, resume, sharding, and generating only the missing images.
 
 Every image is identified by its request (item, sample index, derived seed) and
 stored in the cache under a key made of the model fingerprint, the request's
