@@ -33,6 +33,7 @@ from evalkit.errors import InputError, UsageError
 from evalkit.features.base import FeatureExtractor, device_identity
 from evalkit.metrics.tf1_resize import tf1_bilinear_resize
 from evalkit.metrics.weights import RANDOM_SEED, InceptionWeights, load_state_dict
+from evalkit.options import as_choice, check_known
 
 RESIZE_MODES = ("tf1", "clean")
 #: images per network call (fixes the low bits of the features; recorded in the manifest)
@@ -276,19 +277,12 @@ def inception_features(
 
 
 def check_options(options: dict[str, Any], defaults: dict[str, Any], metric: str) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; an unknown option raises :class:`UsageError`."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise UsageError(
-            f"metric {metric!r}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
-    merged = dict(defaults)
-    merged.update(options)
-    if merged.get("resize") not in RESIZE_MODES:
-        raise UsageError(
-            f"metric {metric!r}: resize must be one of {', '.join(RESIZE_MODES)}, got {merged.get('resize')!r}"
-        )
+    """``defaults`` updated with ``options``; an unknown option or resize mode raises
+    :class:`UsageError` (the metric's class checks its other options)."""
+    where = f"metric {metric!r}"
+    check_known(options, defaults, where)
+    merged = {**defaults, **options}
+    as_choice(merged.get("resize"), RESIZE_MODES, "resize", where)
     return merged
 
 
