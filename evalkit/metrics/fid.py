@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill, FeatureStats
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.frechet import frechet_distance, frechet_distance_infinity, psd_factor
 from evalkit.metrics.inception import (
@@ -28,8 +29,6 @@ from evalkit.metrics.inception import (
     library_versions,
 )
 from evalkit.metrics.refstats import (
-    FeatureSpill,
-    FeatureStats,
     iter_reference_images,
     load_checked_stats,
     load_reference_stats,

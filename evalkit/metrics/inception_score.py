@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     LOGITS,
@@ -24,7 +25,6 @@ from evalkit.metrics.inception import (
     inception_features,
     library_versions,
 )
-from evalkit.metrics.refstats import FeatureSpill
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
 from evalkit.options import as_int
 from evalkit.seeding import legacy_numpy_seed

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     POOL3,
@@ -25,7 +26,6 @@ from evalkit.metrics.inception import (
     library_versions,
 )
 from evalkit.metrics.refstats import (
-    FeatureSpill,
     reference_feature_matrix,
     reference_set_or_raise,
 )
