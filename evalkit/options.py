@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -52,8 +53,11 @@ def as_int(
     minimum: int | None = None,
     maximum: int | None = None,
 ) -> int:
-    """``value`` as an int within the bounds; floats, strings and booleans are refused."""
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    """``value`` as an int within the bounds; floats, strings and booleans are refused.
+
+    Any integral number (``int``, ``numpy.int64``) is accepted and returned as an ``int``.
+    """
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
         return int(value)
     raise UsageError(
@@ -70,7 +74,11 @@ def as_float(
     maximum: float | None = None,
 ) -> float:
     """``value`` as a finite float within the bounds (ints accepted; strings and booleans refused)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
     if ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
         return float(value)
     raise UsageError(

@@ -232,7 +232,7 @@ def test_malformed_annotation_json_is_an_input_error(tmp_path):
 
 def test_year_2017_uses_2017_names(tmp_path):
     make_coco(tmp_path, year=2017, n=6)
-    suite = make_coco_suite({"root": str(tmp_path), "year": "2017", "num_samples": "3"})
+    suite = make_coco_suite({"root": str(tmp_path), "year": 2017, "num_samples": 3})
     assert all(i.id.startswith("coco2017-") for i in suite.items())
     assert suite.describe()["split"] == "val2017"
 
@@ -242,8 +242,15 @@ def test_factory_refuses_unknown_and_bad_options(coco_root):
         make_coco_suite({"root": str(coco_root), "nums": 5})
     with pytest.raises(UsageError, match="crop"):
         make_coco_suite({"root": str(coco_root), "num_samples": 5, "crop": "random"})
-    with pytest.raises(UsageError, match="year"):
+    with pytest.raises(UsageError, match="year must be one of 2014, 2017, got 2015"):
         make_coco_suite({"root": str(coco_root), "year": 2015})
+    with pytest.raises(UsageError, match="Did you mean: 'num_sample' → 'num_samples'"):
+        make_coco_suite({"root": str(coco_root), "num_sample": 5})
+    # numbers as text are refused (the command line parses 3 to an int before it gets here)
+    with pytest.raises(UsageError, match="num_samples must be an integer ≥ 1, got '3'"):
+        make_coco_suite({"root": str(coco_root), "num_samples": "3"})
+    with pytest.raises(UsageError, match="caption_seed must be an integer ≥ 0, got True"):
+        make_coco_suite({"root": str(coco_root), "num_samples": 5, "caption_seed": True})
 
 
 def test_default_root_absent_asks_for_a_fetch(monkeypatch, tmp_path):

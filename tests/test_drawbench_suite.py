@@ -118,7 +118,7 @@ def test_copy_with_a_wrong_category_is_refused_naming_the_difference(tmp_path):
 @needs_csv
 def test_non_strict_accepts_an_edited_copy_and_records_it(tmp_path):
     edited = _write(tmp_path / "edited.csv", _rows()[:51])
-    suite = make_drawbench_suite({"prompts": str(edited), "strict": "false"})
+    suite = make_drawbench_suite({"prompts": str(edited), "strict": False})
     d = suite.describe()
     assert len(suite.items()) == 50 and d["strict"] is False and d["matches_published"] is False
     assert any("50 prompts" in p for p in d["deviations"])
@@ -131,8 +131,15 @@ def test_csv_without_the_columns_is_refused(tmp_path):
 
 
 def test_unknown_option_is_refused():
-    with pytest.raises(UsageError, match="unknown option"):
+    with pytest.raises(UsageError, match="unknown option.*'prompt' → 'prompts'"):
         make_drawbench_suite({"prompt": "x.csv"})
+
+
+def test_strict_must_be_a_boolean():
+    # text and 0/1 were accepted before; the command line parses strict=false to False
+    for value in ("false", "yes", 0, 1):
+        with pytest.raises(UsageError, match=f"option strict must be true or false, got {value!r}"):
+            make_drawbench_suite({"strict": value})
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import torch
 
 from evalkit.atomic import atomic_write_json
 from evalkit.features.base import FeatureExtractor, image_ids
+from evalkit.features.stats import FeatureSpill, FeatureStats
 from evalkit.progress import log
 
 INDEX = "index.json"
@@ -249,8 +250,6 @@ class RunFeatures:
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
-        from evalkit.metrics.refstats import FeatureSpill
-
         self._spill_type = FeatureSpill
         self.folder = Path(folder)
         self._parts: dict[str, tuple[FeatureExtractor, list[str], dict[str, Any]]] = {}
@@ -327,7 +326,6 @@ def export_reference_data(run_dir: str | os.PathLike, metrics: dict[str, Any]) -
     (``reference_stats.npz``, float32), other metrics' reference features
     (``reference.<layer>.npy``) when they are at most :data:`EXPORT_LIMIT_BYTES`."""
     from evalkit.atomic import atomic_write
-    from evalkit.metrics.refstats import FeatureStats
 
     written = []
     for entry in metrics.values():

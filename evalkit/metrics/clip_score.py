@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from evalkit.batching import RowBuffer, map_one_thread, pad_rows, run_in_micro_batches, worker_count
-from evalkit.errors import InputError, UsageError
+from evalkit.errors import InputError
 from evalkit.features.base import FeatureExtractor, device_identity
 from evalkit.features.store import FeatureProvider
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
@@ -42,9 +42,12 @@ from evalkit.metrics.clip_models import (
     TensorPreprocess,
     load_clip,
 )
+from evalkit.options import as_int, check_known
 from evalkit.suites.base import Item
 
 OPTIONS = ("model", "pretrained", "weights_path", "batch_size")
+#: how option errors name this metric
+WHERE = "metric 'clip_score'"
 HESSEL_W = 2.5
 #: images (and prompts) per CLIP forward pass; fixes the low bits, recorded in the manifest
 DEFAULT_BATCH_SIZE = 32
@@ -134,8 +137,7 @@ class ClipScore(Metric):
         n_resamples: int = DEFAULT_RESAMPLES,
         features: FeatureProvider | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"clip_score: batch_size must be a positive integer, got {batch_size}")
+        batch_size = as_int(batch_size, "batch_size", WHERE, minimum=1)
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -331,19 +333,13 @@ class ClipScore(Metric):
         }
 
 
-def _batch_size(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"clip_score: option batch_size must be a positive integer, got {value!r}")
-    return value
-
-
 def make_clip_score(options: dict[str, Any], context: MetricContext) -> ClipScore:
     """Registry factory. Options: ``model``, ``pretrained``, ``weights_path``, ``batch_size``."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise UsageError(
-            f"clip_score: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTIONS)})"
-        )
+    check_known(options, OPTIONS, WHERE)
+    # checked before the model loads
+    batch_size = as_int(
+        options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size", WHERE, minimum=1
+    )
     model, preprocess, tokenizer, info = load_clip(
         model_name=str(options.get("model", DEFAULT_MODEL)),
         pretrained=str(options.get("pretrained", DEFAULT_PRETRAINED)),
@@ -358,7 +354,7 @@ def make_clip_score(options: dict[str, Any], context: MetricContext) -> ClipScor
         tokenizer,
         info,
         device=context.device,
-        batch_size=_batch_size(options.get("batch_size", DEFAULT_BATCH_SIZE)),
+        batch_size=batch_size,
         seed=context.seed,
         features=context.features,
     )

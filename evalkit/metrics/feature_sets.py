@@ -29,11 +29,12 @@ from evalkit.features.backbones import (
     resolve_vgg16,
 )
 from evalkit.features.base import FeatureExtractor
+from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.frechet import frechet_distance
 from evalkit.metrics.manifold import density_coverage, precision_recall
 from evalkit.metrics.mmd import CMMD_SCALE, CMMD_SIGMA, cmmd
-from evalkit.metrics.refstats import FeatureSpill, reference_feature_matrix, reference_set_or_raise
+from evalkit.metrics.refstats import reference_feature_matrix, reference_set_or_raise
 from evalkit.options import as_choice, as_int, check_known
 from evalkit.suites.base import Item
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalkit.errors import InputError, UsageError
+from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill, FeatureStats
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.frechet import frechet_distance, frechet_distance_infinity, psd_factor
 from evalkit.metrics.inception import (
@@ -28,8 +29,6 @@ from evalkit.metrics.inception import (
     library_versions,
 )
 from evalkit.metrics.refstats import (
-    FeatureSpill,
-    FeatureStats,
     iter_reference_images,
     load_checked_stats,
     load_reference_stats,
@@ -39,7 +38,7 @@ from evalkit.metrics.refstats import (
     weighted_moments,
 )
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
-from evalkit.options import as_bool
+from evalkit.options import as_bool, as_int
 from evalkit.suites.base import Item
 
 FEATURE_DIM = 2048
@@ -114,14 +113,10 @@ class FrechetInceptionDistance(Metric):
         bootstrap: int = 0,
         fid_inf: bool = False,
     ) -> None:
-        if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-            raise UsageError(
-                f"metric 'fid': bootstrap must be a non-negative integer, got {bootstrap!r}"
-            )
+        self.bootstrap = as_int(bootstrap, "bootstrap", "metric 'fid'", minimum=0)
+        self.fid_inf = as_bool(fid_inf, "fid_inf", "metric 'fid'")
         self.context = context
         self.resize = resize
-        self.bootstrap = bootstrap
-        self.fid_inf = as_bool(fid_inf, "fid_inf", "metric 'fid'")
         self.weights: InceptionWeights = resolve_inception_weights(
             context.cache_dir,
             weights_path=weights_path,

@@ -19,90 +19,44 @@ their float64 statistics see the same micro-batches in the same order for any ba
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from evalkit.batching import RowBuffer, check_micro_batch, run_in_micro_batches, worker_count
 from evalkit.errors import InputError, UsageError
 from evalkit.features.base import FeatureExtractor, device_identity
+from evalkit.metrics.inception_net import (
+    EXTRACTOR_NAME,
+    LOGITS,
+    POOL3,
+    InceptionNetwork,
+    inception_network,
+)
 from evalkit.metrics.tf1_resize import tf1_bilinear_resize
-from evalkit.metrics.weights import RANDOM_SEED, InceptionWeights, load_state_dict
+from evalkit.metrics.weights import InceptionWeights, load_state_dict
+from evalkit.options import as_choice, check_known
 
 RESIZE_MODES = ("tf1", "clean")
 #: images per network call (fixes the low bits of the features; recorded in the manifest)
 BATCH_SIZE = 32
 INPUT_SIZE = 299
 MIN_IMAGE_SIZE = 16
-POOL3 = "2048"
-LOGITS = "logits_unbiased"
-EXTRACTOR_NAME = "inception-v3-compat"
 EXTRACTOR_DESCRIPTION = (
     "torch-fidelity FeatureExtractorInceptionV3 (TF Inception-v3 2015-12-05, pool3 2048-d)"
 )
 
 
-class _Inception(FeatureExtractorInceptionV3):
-    """torch-fidelity's extractor that can also be built without a weights file."""
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        if not state_dict:  # the empty placeholder passed at construction: keep the init
-            return None
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def forward_float299(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The network on float images already at 299×299 with values in [0, 255].
-
-        Equal to torch-fidelity's ``forward`` after its TF1 resize: same scaling, same layers,
-        pool3 and unbiased logits computed alike.
-        """
-        x = (x.to(self.feature_extractor_internal_dtype) - 128) / 128
-        for name in (
-            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1",
-            "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
-            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
-            "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
-        ):  # fmt: skip
-            x = getattr(self, name)(x)
-        pool3 = torch.flatten(x, 1)
-        out = {POOL3: pool3.float(), LOGITS: pool3.mm(self.fc.weight.T).float()}
-        if not set(self.features_list) <= set(out):
-            raise UsageError(
-                f"evalkit's Inception supports features {sorted(out)}, not {self.features_list}"
-            )
-        return tuple(out[f] for f in self.features_list)
-
-
-def _empty_state_file() -> io.BytesIO:
-    buffer = io.BytesIO()
-    torch.save({}, buffer)
-    buffer.seek(0)
-    return buffer
-
-
 def build_inception_network(
     weights: InceptionWeights | None, features: Sequence[str]
-) -> _Inception:
+) -> InceptionNetwork:
     """torch-fidelity's Inception with ``weights`` loaded (seeded random init when None/random)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        net = _Inception(
-            EXTRACTOR_NAME, list(features), feature_extractor_weights_path=_empty_state_file()
-        )
-    if weights is not None and weights.path is not None:
-        state = load_state_dict(weights.path)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise InputError(
-                f"Inception weights {weights.path}: not torch-fidelity's InceptionV3 layout ({exc})"
-            ) from exc
-    return net.eval().requires_grad_(False)
+    if weights is None or weights.path is None:
+        return inception_network(None, features)
+    return inception_network(load_state_dict(weights.path), features, what=str(weights.path))
 
 
 def as_image_batch(images: torch.Tensor | np.ndarray, what: str = "images") -> torch.Tensor:
@@ -172,10 +126,10 @@ class InceptionExtractor(FeatureExtractor):
         self.memory_format = (
             torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         )
-        self._net: _Inception | None = None
+        self._net: InceptionNetwork | None = None
 
     @property
-    def net(self) -> _Inception:
+    def net(self) -> InceptionNetwork:
         """The network, built on first use (a metric's extractor may be replaced by a shared one)."""
         if self._net is None:
             self._net = build_inception_network(self.weights, self._layers).to(
@@ -276,19 +230,12 @@ def inception_features(
 
 
 def check_options(options: dict[str, Any], defaults: dict[str, Any], metric: str) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; an unknown option raises :class:`UsageError`."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise UsageError(
-            f"metric {metric!r}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
-    merged = dict(defaults)
-    merged.update(options)
-    if merged.get("resize") not in RESIZE_MODES:
-        raise UsageError(
-            f"metric {metric!r}: resize must be one of {', '.join(RESIZE_MODES)}, got {merged.get('resize')!r}"
-        )
+    """``defaults`` updated with ``options``; an unknown option or resize mode raises
+    :class:`UsageError` (the metric's class checks its other options)."""
+    where = f"metric {metric!r}"
+    check_known(options, defaults, where)
+    merged = {**defaults, **options}
+    as_choice(merged.get("resize"), RESIZE_MODES, "resize", where)
     return merged
 
 

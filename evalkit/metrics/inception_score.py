@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalkit.errors import InputError, UsageError
+from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     LOGITS,
@@ -24,8 +25,8 @@ from evalkit.metrics.inception import (
     inception_features,
     library_versions,
 )
-from evalkit.metrics.refstats import FeatureSpill
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.options import as_int
 from evalkit.seeding import legacy_numpy_seed
 from evalkit.suites.base import Item
 
@@ -77,11 +78,9 @@ class InceptionScore(Metric):
         resize: str = "tf1",
         splits: int = 10,
     ) -> None:
-        if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
-            raise UsageError(f"metric 'is': splits must be a positive integer, got {splits!r}")
+        self.splits = as_int(splits, "splits", "metric 'is'", minimum=1)
         self.context = context
         self.resize = resize
-        self.splits = splits
         self.weights: InceptionWeights = resolve_inception_weights(
             context.cache_dir,
             weights_path=weights_path,

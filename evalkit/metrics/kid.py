@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalkit.errors import InputError, UsageError
+from evalkit.errors import InputError
+from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
     POOL3,
@@ -25,11 +26,11 @@ from evalkit.metrics.inception import (
     library_versions,
 )
 from evalkit.metrics.refstats import (
-    FeatureSpill,
     reference_feature_matrix,
     reference_set_or_raise,
 )
 from evalkit.metrics.weights import InceptionWeights, resolve_inception_weights
+from evalkit.options import as_float, as_int
 from evalkit.seeding import legacy_numpy_seed
 from evalkit.suites.base import Item
 
@@ -128,18 +129,18 @@ class KernelInceptionDistance(Metric):
         gamma: float | None = None,
         coef0: float = 1.0,
     ) -> None:
-        for name, value, low in (
-            ("subsets", subsets, 1),
-            ("subset_size", subset_size, 2),
-            ("degree", degree, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UsageError(f"metric 'kid': {name} must be an integer >= {low}, got {value!r}")
+        where = "metric 'kid'"
+        subsets = as_int(subsets, "subsets", where, minimum=1)
+        subset_size = as_int(subset_size, "subset_size", where, minimum=2)
+        degree = as_int(degree, "degree", where, minimum=1)
+        if gamma is not None:  # checked, kept as given (the manifest records it)
+            as_float(gamma, "gamma", where)
+        coef0 = as_float(coef0, "coef0", where)
         reference_set_or_raise(context, "kid")  # fail now, not after generating every image
         self.context = context
         self.resize = resize
         self.params = {"subsets": subsets, "subset_size": subset_size, "degree": degree,
-                       "gamma": gamma, "coef0": float(coef0)}  # fmt: skip
+                       "gamma": gamma, "coef0": coef0}  # fmt: skip
         self.weights: InceptionWeights = resolve_inception_weights(
             context.cache_dir,
             weights_path=weights_path,

@@ -34,6 +34,7 @@ from evalkit.metrics.shapes_parse import (
     ParseParams,
     parse_image,
 )
+from evalkit.options import as_bool, as_float, as_int, check_known
 from evalkit.suites.base import Item
 from evalkit.suites.shapes_spec import (
     BACKGROUND,
@@ -45,6 +46,8 @@ from evalkit.suites.shapes_spec import (
 
 METRIC_VERSION = "1"
 DEFAULT_MAX_VERDICTS = 2000
+#: how option errors name this metric
+WHERE = "metric 'shapes_accuracy'"
 _RELATION_WORDS = {"left_of": "left of", "right_of": "right of", "above": "above", "below": "below"}
 _RELATION_AXIS = {"left_of": 0, "right_of": 0, "above": 1, "below": 1}
 
@@ -148,8 +151,8 @@ class ShapesAccuracy(Metric):
     ) -> None:
         self.context = context
         self.params = params
-        self.allow_extra = bool(allow_extra)
-        self.max_verdicts = int(max_verdicts)
+        self.allow_extra = as_bool(allow_extra, "allow_extra", WHERE)
+        self.max_verdicts = as_int(max_verdicts, "max_verdicts", WHERE, minimum=0)
         self._scores: dict[str, list[int]] = {}  # item id -> [correct images, images]
         self._categories: dict[str, str | None] = {}
         self._verdicts: list[dict[str, Any]] = []
@@ -233,40 +236,28 @@ _PARAM_FIELDS = {f.name: f.type for f in fields(ParseParams)}
 
 def _options_to_params(options: Mapping[str, Any]) -> ParseParams:
     values: dict[str, Any] = {}
-    for key in set(options) & set(_PARAM_FIELDS):
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise UsageError(
-                f"metric 'shapes_accuracy': option {key} must be a non-negative number, got {value!r}"
-            )
-        values[key] = int(value) if key == "min_area_px" else float(value)
+    for key in sorted(set(options) & set(_PARAM_FIELDS)):
+        if isinstance(getattr(DEFAULT_PARAMS, key), int):  # min_area_px: a pixel count
+            values[key] = as_int(options[key], key, WHERE, minimum=0)
+        else:
+            values[key] = as_float(options[key], key, WHERE, minimum=0)
     return ParseParams(**values)
 
 
 def make_shapes_accuracy(options: dict[str, Any], context: MetricContext) -> ShapesAccuracy:
     """Registry factory: options allow_extra (False), max_verdicts (2000) and any ParseParams threshold."""
-    known = {"allow_extra", "max_verdicts", *_PARAM_FIELDS}
-    unknown = set(options) - known
-    if unknown:
-        raise UsageError(
-            f"metric 'shapes_accuracy': unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
-        )
-    allow_extra = options.get("allow_extra", False)
-    if not isinstance(allow_extra, bool) and allow_extra not in (0, 1):
-        raise UsageError(
-            f"metric 'shapes_accuracy': allow_extra must be true or false, got {allow_extra!r}"
-        )
-    max_verdicts = options.get("max_verdicts", DEFAULT_MAX_VERDICTS)
-    if isinstance(max_verdicts, bool) or not isinstance(max_verdicts, int) or max_verdicts < 0:
-        raise UsageError(
-            f"metric 'shapes_accuracy': max_verdicts must be an integer >= 0, got {max_verdicts!r}"
-        )
+    check_known(options, {"allow_extra", "max_verdicts", *_PARAM_FIELDS}, WHERE)
+    allow_extra = as_bool(options.get("allow_extra", False), "allow_extra", WHERE)
+    max_verdicts = as_int(
+        options.get("max_verdicts", DEFAULT_MAX_VERDICTS), "max_verdicts", WHERE, minimum=0
+    )
+    params = _options_to_params(options)
     suite_name = getattr(context.suite, "name", "?")
     for item in context.suite.items():
         _item_spec(item, suite_name)
     return ShapesAccuracy(
         context,
-        params=_options_to_params(options),
-        allow_extra=bool(allow_extra),
+        params=params,
+        allow_extra=allow_extra,
         max_verdicts=max_verdicts,
     )

@@ -36,6 +36,7 @@ import torch
 from evalkit.atomic import atomic_write, atomic_write_json
 from evalkit.errors import InputError, MissingWeightsError
 from evalkit.hashing import sha256_file
+from evalkit.metrics.inception_net import POOL3, RANDOM_SEED, BasicConv2d, inception_network
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -54,7 +55,6 @@ CONVERTED_CONTENT_SHA256 = "0b52821957930b05f35b657295c66131940805f3c03ababc31c0
 
 #: maximum |feature difference| / max |feature| accepted when verifying a conversion
 CONVERSION_TOLERANCE = 1e-5
-RANDOM_SEED = 0
 
 FETCH_HINT = (
     "run `evalkit fetch inception` (downloads torch-fidelity's "
@@ -269,10 +269,6 @@ def convert_fid_helper(source: str | os.PathLike, cache_dir: str | os.PathLike) 
     The result is verified against the TorchScript network on a fixed input before it is
     written (atomically, with a sidecar JSON) to ``<cache_dir>/weights``.
     """
-    from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
-
-    from evalkit.metrics.inception import build_inception_network
-
     source = Path(source)
     sha1 = _sha1_file(source)
     if sha1 != FID_HELPER_SHA1:
@@ -289,7 +285,7 @@ def convert_fid_helper(source: str | os.PathLike, cache_dir: str | os.PathLike) 
     for key, value in scripted.state_dict().items():
         prefix, leaf = key.rsplit(".", 1)
         groups.setdefault(prefix, {})[leaf] = value
-    net = build_inception_network(None, ["2048"])
+    net = inception_network(None, [POOL3])
     blocks = [(n, m) for n, m in net.named_modules() if isinstance(m, BasicConv2d)]
     if len(groups) != len(blocks) or len(blocks) != 94:
         raise InputError(
@@ -360,9 +356,7 @@ def convert_fid_helper(source: str | os.PathLike, cache_dir: str | os.PathLike) 
 @functools.lru_cache(maxsize=1)
 def random_weights() -> InceptionWeights:
     """Seeded random initialisation (plumbing only; results are uncalibrated)."""
-    from evalkit.metrics.inception import build_inception_network
-
-    net = build_inception_network(None, ["2048"])
+    net = inception_network(None, [POOL3])
     return InceptionWeights(
         path=None,
         sha256=state_dict_sha256(net.state_dict()),

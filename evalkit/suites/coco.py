@@ -37,6 +37,7 @@ from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.fetch import cache_root, download, extract_zip
 from evalkit.hashing import sha256_file, sha256_json
 from evalkit.images import center_crop_resize, load_reference, pil_to_rgb
+from evalkit.options import as_choice, as_int, check_known
 from evalkit.suites.base import Item, ReferenceSet, Suite, validate_prompt
 
 DEFAULT_CAPTION_SEED = 2205  # the Imagen arXiv id, 2205.11487
@@ -45,6 +46,8 @@ SAMPLING = "pcg64-fisher-yates/v1"
 CROPS = ("center", "none")
 RESIZES = ("bicubic", "lanczos", "bilinear", "box")
 VERIFY = ("listing", "full")
+#: how option errors name this suite
+WHERE = "suite 'coco'"
 
 
 @dataclass(frozen=True)
@@ -508,20 +511,16 @@ class CocoSuite(Suite):
         hf_split: str | None = None,
         hf_columns: Mapping[str, str | None] | None = None,
     ) -> None:
-        if year not in RELEASES:
-            raise UsageError(f"coco: year must be one of {sorted(RELEASES)}, got {year!r}")
-        if crop not in CROPS:
-            raise UsageError(f"coco: crop must be one of {list(CROPS)}, got {crop!r}")
-        if resize not in RESIZES:
-            raise UsageError(f"coco: resize must be one of {list(RESIZES)}, got {resize!r}")
-        if verify not in VERIFY:
-            raise UsageError(f"coco: verify must be one of {list(VERIFY)}, got {verify!r}")
-        if num_samples < 1:
-            raise UsageError(f"coco: num_samples must be >= 1, got {num_samples}")
+        year = _year(year, WHERE)
+        num_samples = as_int(num_samples, "num_samples", WHERE, minimum=1)
+        caption_seed = as_int(caption_seed, "caption_seed", WHERE, minimum=0)
+        crop = as_choice(crop, CROPS, "crop", WHERE)
+        resize = as_choice(resize, RESIZES, "resize", WHERE)
+        verify = as_choice(verify, VERIFY, "verify", WHERE)
         self.year, self.num_samples, self.caption_seed = year, num_samples, caption_seed
         self.crop, self.resize, self.verify = crop, resize, verify
         if hf_dataset is not None and root is not None:
-            raise UsageError("coco: give either root (a COCO folder) or hf_dataset, not both")
+            raise UsageError(f"{WHERE}: give either root (a COCO folder) or hf_dataset, not both")
         if hf_dataset is not None:
             self.source: _FolderSource | _DatasetSource = _DatasetSource(
                 str(hf_dataset), hf_split, hf_columns or {}
@@ -534,7 +533,7 @@ class CocoSuite(Suite):
         self._eligible = [i for i, im in enumerate(self.source.images) if im.captions]
         if num_samples > len(self._eligible):
             raise UsageError(
-                f"coco: num_samples={num_samples} exceeds the {len(self._eligible)} val{year} images with a caption; "
+                f"{WHERE}: num_samples={num_samples} exceeds the {len(self._eligible)} val{year} images with a caption; "
                 "use 30000 (the protocol) or 1000/5000/10000 for quick runs"
             )
         self._items: list[Item] | None = None
@@ -598,15 +597,15 @@ def _resolution(resolution: int) -> int:
 # Options and fetching
 
 
-def _int_option(options: Mapping[str, Any], key: str, default: int) -> int:
-    value = options.get(key, default)
-    if isinstance(value, bool):
-        raise UsageError(f"coco: option {key} must be an integer, got {value!r}")
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int):
-        raise UsageError(f"coco: option {key} must be an integer, got {value!r}")
-    return value
+def _year(value: Any, where: str) -> int:
+    """``value`` as one of the supported COCO release years, else UsageError."""
+    year = as_int(value, "year", where)
+    if year not in RELEASES:
+        raise UsageError(
+            f"{where}: option year must be one of {', '.join(map(str, sorted(RELEASES)))}, "
+            f"got {value!r}"
+        )
+    return year
 
 
 _OPTIONS = (
@@ -617,20 +616,16 @@ _OPTIONS = (
 
 def make_coco_suite(options: dict[str, Any]) -> CocoSuite:
     """Registry factory for ``coco`` (options: see docs/suites.md)."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise UsageError(
-            f"coco: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-        )
+    check_known(options, _OPTIONS, WHERE)
     hf_columns = {k: options.get(f"hf_{k}_column") for k in ("image", "caption", "id")}
     return CocoSuite(
         root=options.get("root"),
-        year=_int_option(options, "year", 2014),
-        num_samples=_int_option(options, "num_samples", DEFAULT_NUM_SAMPLES),
-        caption_seed=_int_option(options, "caption_seed", DEFAULT_CAPTION_SEED),
-        crop=str(options.get("crop", "center")),
-        resize=str(options.get("resize", "bicubic")),
-        verify=str(options.get("verify", "listing")),
+        year=options.get("year", 2014),
+        num_samples=options.get("num_samples", DEFAULT_NUM_SAMPLES),
+        caption_seed=options.get("caption_seed", DEFAULT_CAPTION_SEED),
+        crop=options.get("crop", "center"),
+        resize=options.get("resize", "bicubic"),
+        verify=options.get("verify", "listing"),
         hf_dataset=options.get("hf_dataset"),
         hf_split=options.get("hf_split"),
         hf_columns=hf_columns,
@@ -661,8 +656,7 @@ def fetch_coco(
     sha256, extracted atomically and the image count verified; a run that finds the data
     already in place downloads nothing. Zips are deleted afterwards unless ``keep_zips``.
     """
-    if year not in RELEASES:
-        raise UsageError(f"fetch coco: year must be one of {sorted(RELEASES)}, got {year!r}")
+    year = _year(year, "fetch coco")
     release = RELEASES[year]
     root = Path(dest).expanduser() if dest is not None else default_root()
     captions = root / release.captions_file

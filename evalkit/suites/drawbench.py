@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import InputError, MissingWeightsError, UsageError
+from evalkit.errors import InputError, MissingWeightsError
 from evalkit.fetch import cache_root, download
 from evalkit.hashing import sha256_file, sha256_json
+from evalkit.options import as_bool, check_known
 from evalkit.suites.base import Item, Suite, validate_prompt
 
 SHEET_URL = "https://docs.google.com/spreadsheets/d/1y7nAbmR4FREi6npB1u-Bo3GFdwdOPYJc617rBOxIRHY"
@@ -229,25 +230,15 @@ class DrawBenchSuite(Suite):
         return out
 
 
-def _bool_option(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise UsageError(f"drawbench: option {key} must be true or false, got {value!r}")
-
-
 _OPTIONS = ("prompts", "strict", "cache_dir")
+#: how option errors name this suite
+WHERE = "suite 'drawbench'"
 
 
 def make_drawbench_suite(options: dict[str, Any]) -> DrawBenchSuite:
     """Registry factory for ``drawbench``: ``prompts`` (local CSV), ``strict``, ``cache_dir``."""
-    unknown = sorted(set(options) - set(_OPTIONS))
-    if unknown:
-        raise UsageError(
-            f"drawbench: unknown option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-        )
-    strict = _bool_option(options.get("strict", True), "strict")
+    check_known(options, _OPTIONS, WHERE)
+    strict = as_bool(options.get("strict", True), "strict", WHERE)
     if options.get("prompts") is not None:
         path = Path(str(options["prompts"])).expanduser()
         if not path.is_file():

@@ -22,6 +22,7 @@ from typing import Any
 
 from evalkit.errors import InputError, UsageError
 from evalkit.hashing import sha256_file, sha256_json
+from evalkit.options import check_known
 from evalkit.suites.base import Item, Suite, validate_prompt
 
 PROMPT_KEYS = ("prompt", "prompts", "text", "caption")
@@ -220,9 +221,7 @@ class PromptFileSuite(Suite):
 
 
 def _make(options: dict[str, Any], fmt: str) -> PromptFileSuite:
-    unknown = sorted(set(options) - {"path"})
-    if unknown:
-        raise UsageError(f"{fmt}: unknown option(s) {', '.join(unknown)}; the only option is path")
+    check_known(options, ("path",), f"suite {fmt!r}")
     if not options.get("path"):
         raise UsageError(
             f"suite {fmt!r} needs the option path=FILE (your {fmt.upper()} prompt file)"

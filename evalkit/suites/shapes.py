@@ -15,11 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.errors import InputError, UsageError
+from evalkit.errors import InputError
 from evalkit.hashing import sha256_json
+from evalkit.options import as_int, check_known
 from evalkit.seeding import derive_seed, numpy_rng
 from evalkit.suites.base import Item, ReferenceSet, Suite, validate_prompt
-from evalkit.suites.shapes_render import check_resolution, render_hash, render_scene
+from evalkit.suites.shapes_render import (
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
+    check_resolution,
+    render_hash,
+    render_scene,
+)
 from evalkit.suites.shapes_spec import (
     CATEGORIES,
     COLORS,
@@ -37,6 +44,8 @@ __all__ = ["ShapesSuite", "ShapesReferenceSet", "make_shapes_suite", "random_spe
 SUITE_VERSION = "1"
 DEFAULTS: dict[str, int] = {"num_items": 200, "seed": 0, "resolution": 64}
 MAX_ITEMS = 100_000
+#: how option errors name this suite
+WHERE = "suite 'shapes'"
 
 
 def _stream_seed(seed: int, stream: str, item_id: str) -> int:
@@ -123,20 +132,11 @@ class ShapesSuite(Suite):
     version = SUITE_VERSION
 
     def __init__(self, num_items: int = 200, seed: int = 0, resolution: int = 64) -> None:
-        for key, value in (("num_items", num_items), ("seed", seed), ("resolution", resolution)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise UsageError(f"suite 'shapes': option {key} must be an integer, got {value!r}")
-        if not 1 <= num_items <= MAX_ITEMS:
-            raise UsageError(
-                f"suite 'shapes': num_items must be in 1..{MAX_ITEMS}, got {num_items}"
-            )
-        if seed < 0:
-            raise UsageError(f"suite 'shapes': seed must be >= 0, got {seed}")
-        try:
-            self.resolution = check_resolution(resolution)
-        except ValueError as exc:
-            raise UsageError(f"suite 'shapes': {exc}") from exc
-        self.num_items, self.seed = int(num_items), int(seed)
+        self.num_items = as_int(num_items, "num_items", WHERE, minimum=1, maximum=MAX_ITEMS)
+        self.seed = as_int(seed, "seed", WHERE, minimum=0)
+        self.resolution = as_int(
+            resolution, "resolution", WHERE, minimum=MIN_RESOLUTION, maximum=MAX_RESOLUTION
+        )
         self._items: list[Item] | None = None
 
     def options(self) -> dict[str, int]:
@@ -178,9 +178,5 @@ class ShapesSuite(Suite):
 
 def make_shapes_suite(options: dict[str, Any]) -> ShapesSuite:
     """Registry factory for ``shapes``: options num_items (200), seed (0), resolution (64)."""
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise UsageError(
-            f"suite 'shapes': unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-        )
+    check_known(options, DEFAULTS, WHERE)
     return ShapesSuite(**{**DEFAULTS, **options})
