@@ -21,14 +21,8 @@ import evalkit
 
 ROOT = Path(evalkit.__file__).resolve().parent
 
-#: lazy (function-level) edges allowed although they close a cycle, each with why
-KNOWN_LAZY_CYCLE_EDGES: set[tuple[str, str]] = {
-    # removed by the metrics change
-    ("evalkit.metrics.weights", "evalkit.metrics.inception"),
-    # features/metrics code (not part of the generators/imagen/registry change):
-    # metrics.base and metrics.refstats import features.store, which imports refstats lazily
-    ("evalkit.features.store", "evalkit.metrics.refstats"),
-}
+#: lazy (function-level) edges allowed although they close a cycle, each with why (none today)
+KNOWN_LAZY_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
