@@ -17,6 +17,7 @@ import torch
 from evalkit.metrics import inception
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.bootstrap import summarize
+from evalkit.errors import InputError
 from evalkit.registry import METRICS, SUITES
 from evalkit.suites.base import Item, ReferenceSet, Suite
 
@@ -111,12 +112,27 @@ class PixelMean(Metric):
         )
 
 
+class BrokenReference(PixelMean):
+    """A metric whose reference check fails, as a corrupt reference image does (rank 0 only)."""
+
+    name = "test-broken-reference"
+
+    def prepare(self) -> None:
+        raise InputError("test-broken-reference: reference image 3 is corrupt (tests only)")
+
+
 def _register_test_entries() -> None:
     if "test-tiny" not in SUITES.names():
         SUITES.register("test-tiny", lambda options: TinySuite(**options), description="tests only")
     if "test-pixel-mean" not in METRICS.names():
         METRICS.register(
             "test-pixel-mean", lambda options, context: PixelMean(context), description="tests only"
+        )
+    if "test-broken-reference" not in METRICS.names():
+        METRICS.register(
+            "test-broken-reference",
+            lambda options, context: BrokenReference(context),
+            description="tests only",
         )
 
 

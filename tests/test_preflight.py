@@ -129,10 +129,26 @@ def test_a_check_failing_on_rank_0_only_stops_every_rank_before_generation(tmp_p
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(DRIVER), "run", "--model", "toy", "--suite", "test-tiny", "--resolution", "32",
+         "--metrics", "test-pixel-mean,test-broken-reference", "--quiet", "--out",
+         str(tmp_path / "out")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "reference image 3 is corrupt" in proc.stderr  # rank 0's own error
+    assert "another process of this torchrun job failed its checks" in proc.stderr  # rank 1
+    assert not list((tmp_path / "cache").rglob("*.png"))
+
+
+@pytest.mark.torchrun
+def test_missing_clip_weights_stop_every_rank_before_generation(tmp_path):
+    # every rank builds its metrics (ranks extract their own features), so each names the fix
+    env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(DRIVER), "run", "--model", "toy", "--suite", "test-tiny", "--resolution", "32",
          "--metrics", "test-pixel-mean,clip_score", "--quiet", "--out", str(tmp_path / "out")],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode != 0
-    assert "evalkit fetch clip" in proc.stderr
-    assert "another process of this torchrun job failed its checks" in proc.stderr
+    assert proc.stderr.count("evalkit fetch clip") >= 2
     assert not list((tmp_path / "cache").rglob("*.png"))
