@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,3 +219,41 @@ def test_sigint_exits_130_with_the_resume_hint_and_the_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     results = json.loads((tmp_path / rerun.stdout.strip().splitlines()[-1]).read_text())
     assert results["manifest"]["timings"]["images_generated"] == 40 - done
+
+
+def test_rate_errors_exit_with_evalkit_codes_and_one_line(tmp_path):
+    missing = tmp_path / "no-study"
+    assert_clean_error(evalkit("rate", "serve", str(missing), tmp_path=tmp_path), 3, "error: ")
+    proc = evalkit("rate", "report", str(missing), "--bogus", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_rate_serve_sigint_exits_130_without_a_traceback(tmp_path):
+    from evalkit.human.demo import make_study
+
+    study, _, _ = make_study(tmp_path / "study", gold_tasks=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
+    env.pop("EVALKIT_RATE_DB", None)
+    proc = subprocess.Popen(
+        [str(EVALKIT), "rate", "serve", str(study.root), "--no-ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
