@@ -45,6 +45,20 @@ def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *needl
         assert needle in proc.stderr, proc.stderr[-2000:]
 
 
+def start_interruptible(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``args`` in the background with SIGINT at its default, output captured."""
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell may start background jobs with SIGINT ignored; the tests need the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def test_console_script_is_installed():
     assert EVALKIT.is_file(), f"{EVALKIT} missing: install evalkit (make install)"
 
@@ -194,16 +208,7 @@ def test_sigint_exits_130_with_the_resume_hint_and_the_rerun_resumes(tmp_path):
         "--batch-size", "2", "--metrics", "shapes_accuracy", "--quiet", "--no-report",
     ]  # fmt: skip
     env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(
-        [*args, "--model-opt", "delay_s=0.3"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a shell may start background jobs with SIGINT ignored; the test needs the default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start_interruptible([*args, "--model-opt", "delay_s=0.3"], tmp_path, env)
     images = tmp_path / "cache" / "images"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(images.rglob("*.png"))) < 4:
@@ -237,15 +242,8 @@ def test_rate_serve_sigint_exits_130_without_a_traceback(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
     env.pop("EVALKIT_RATE_DB", None)
-    proc = subprocess.Popen(
-        [str(EVALKIT), "rate", "serve", str(study.root), "--no-ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    args = [str(EVALKIT), "rate", "serve", str(study.root), "--no-ui", "--port", str(port)]
+    proc = start_interruptible(args, tmp_path, env)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         with socket.socket() as s:
