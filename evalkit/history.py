@@ -46,6 +46,7 @@ from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.hashing import sha256_file, sha256_json, sha256_text
 from evalkit.report.compare import SAMPLING_KEYS, is_note_key
 from evalkit.results import (
+    FEATURES_DIR,
     RESULTS_FILE,
     SAMPLES_FILE,
     metric_direction,
@@ -60,7 +61,6 @@ RECORDS_DIR = "records"
 INCOMING_DIR = ".incoming"
 RECORD_FILE = "record.json"
 ITEMS_FILE = "items.parquet"
-FEATURES_DIR = "features"
 THUMBS_DIR = "thumbs"
 #: how many prompts get thumbnails, and how many images of each
 THUMB_PROMPTS = 12

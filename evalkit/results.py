@@ -26,6 +26,8 @@ SCHEMA_VERSION = 1
 #: File names inside a run folder.
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
+#: per-image features and reference data the set metrics compared against
+FEATURES_DIR = "features"
 
 #: Whether lower or higher values are better, for the built-in metrics.
 METRIC_DIRECTIONS: dict[str, str] = {

@@ -9,8 +9,10 @@ emphasis, links or code spans that the data did not ask for, no line breaks.
 from __future__ import annotations
 
 import html
+import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 #: control characters (CR and LF included) become one space: one line, nothing invisible
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -55,6 +57,17 @@ def md_code(value: Any) -> str:
 def html_text(value: Any) -> str:
     """HTML-escape any value's text, quotes included: safe in element text and quoted attributes."""
     return html.escape(str(value), quote=True)
+
+
+def html_url(rel: str) -> str:
+    """A relative path as a URL (percent-encoded) safe inside a quoted ``src``/``href``."""
+    return html_text(quote(rel, safe="/"))
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` characters."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def mpl_text(value: Any, limit: int = _MPL_MAX) -> str:

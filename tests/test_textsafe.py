@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from evalkit.textsafe import html_text, md_cell, md_code, md_text, mpl_text, one_line
+from evalkit.textsafe import (
+    html_text,
+    html_url,
+    md_cell,
+    md_code,
+    md_text,
+    mpl_text,
+    one_line,
+    script_json,
+)
 
 HOSTILE = [
     "a|b",
@@ -75,3 +84,12 @@ def test_mpl_text_is_one_line_without_mathtext_and_bounded():
     assert mpl_text("$x^2$\r\nnext") == r"\$x^2\$ next"
     assert len(mpl_text("x" * 500)) == 60 and mpl_text("x" * 500).endswith("...")
     assert mpl_text("y" * 100, limit=120) == "y" * 100
+
+
+def test_html_url_and_script_json_cannot_break_out():
+    assert html_url("images/a b\"'<x>.png") == "images/a%20b%22%27%3Cx%3E.png"
+    block = script_json({"k": "</script><script>alert(1)</script>&amp;"})
+    assert "<" not in block and ">" not in block and "&" not in block
+    import json
+
+    assert json.loads(block)["k"] == "</script><script>alert(1)</script>&amp;"

@@ -35,7 +35,7 @@ from evalkit.history import Record, Skipped, metric_frame, scan
 from evalkit.plotting import safe_stem
 from evalkit.report.render_html import CSS, render_report_html
 from evalkit.results import format_interval, format_value
-from evalkit.textsafe import html_text
+from evalkit.textsafe import html_text, html_url, script_json
 
 EXTRA_CSS = """
 nav.toc a{margin-right:1em}.series{margin-top:2.4em}
@@ -103,16 +103,6 @@ class Site:
     records: int
     skipped: list[Skipped]
     steps: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _json_block(obj: Any) -> str:
-    """JSON safe inside a <script> element (no ``<``, ``>`` or ``&`` characters)."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _href(rel: str) -> str:
-    return html_text(quote(rel, safe="/"))
 
 
 def _anchor(*parts: str) -> str:
@@ -299,7 +289,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
             )
             parts.append(f"<h3>{html_text(metric)}</h3>")
             parts.append(
-                f"<figure><img class='chart trend' src='{_href('charts/' + svg.name)}' "
+                f"<figure><img class='chart trend' src='{html_url('charts/' + svg.name)}' "
                 f"alt='{html_text(metric)} over commits'></figure>"
             )
             cat_rows = srows[(srows["metric"] == metric) & (srows["category"] != "")]
@@ -309,7 +299,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
                     site / "charts" / f"{stem}-categories",
                 )
                 parts.append(
-                    f"<figure><img class='chart categories' src='{_href('charts/' + cats_svg.name)}' "
+                    f"<figure><img class='chart categories' src='{html_url('charts/' + cats_svg.name)}' "
                     f"alt='{html_text(metric)} per category over commits'></figure>"
                 )
             step_items = []
@@ -331,7 +321,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
                 rel = "" if st.relative is None else f" ({st.relative * 100:+.1f}%)"
                 step_items.append(
                     f"<li><b>{html_text(verdict)}</b> at commit <code>{html_text((rec['commit'] or '?')[:10])}</code> "
-                    f"(<a href='{_href(pages[rec['record_id']])}'>{html_text(rec['record_id'])}</a>): "
+                    f"(<a href='{html_url(pages[rec['record_id']])}'>{html_text(rec['record_id'])}</a>): "
                     f"{html_text(format_value(st.before))} → {html_text(format_value(st.after))}{html_text(rel)}</li>"
                 )
             parts.append(
@@ -372,7 +362,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
         "verdict attached to a record.</p>\n"
         + "\n".join(sections)
         + skipped_html
-        + f"\n<script type='application/json' id='ek-data'>{_json_block(data)}</script>"
+        + f"\n<script type='application/json' id='ek-data'>{script_json(data)}</script>"
         + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
     index = atomic_write_text(site / "index.html", html)
@@ -412,7 +402,7 @@ def _table(rows: Any, pages: dict[str, str], by_id: dict[str, Record]) -> str:
             f"<td>{'<span class=brk>protocol change</span>' if r['break'] else ''}</td>"
             + _verdict_cell(r["gate"])
             + f"<td>{html_text(', '.join(f'{k}={v}' for k, v in sorted(labels.items())))}</td>"
-            f"<td><a href='{_href(pages[r['record_id']])}'>report</a></td>"
+            f"<td><a href='{html_url(pages[r['record_id']])}'>report</a></td>"
             "</tr>"
         )
     return (

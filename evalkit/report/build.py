@@ -18,10 +18,15 @@ from evalkit.errors import InputError
 from evalkit.report.plots import plot_per_category
 from evalkit.report.render_html import render_report_html
 from evalkit.report.render_md import render_report_md
-from evalkit.results import RESULTS_FILE, load_results, load_run_samples, validate_results
+from evalkit.results import (
+    FEATURES_DIR,
+    RESULTS_FILE,
+    load_results,
+    load_run_samples,
+    validate_results,
+)
 
 ASSETS_DIR = "assets"
-FEATURES_DIR = "features"
 REPORT_FILES = ("report.html", "report.md")
 
 

@@ -11,7 +11,6 @@ import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from evalkit.results import (
     format_interval,
@@ -23,7 +22,7 @@ from evalkit.results import (
     safe_image_path,
     stage_metric_names,
 )
-from evalkit.textsafe import html_text
+from evalkit.textsafe import html_text, html_url
 
 PROMPTS_PER_CATEGORY = 4
 IMAGES_PER_PROMPT = 4
@@ -49,11 +48,6 @@ background:#eee;color:#888}
 figure{margin:0}figure.plot img{max-width:100%}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 """
-
-
-def img_src(rel: str) -> str:
-    """An ``src`` attribute value for a run-relative path."""
-    return html_text(quote(rel, safe="/"))
 
 
 def _header(results: dict[str, Any]) -> str:
@@ -175,10 +169,10 @@ def _per_category(results: dict[str, Any], plots: dict[str, list[str]]) -> str:
         png = next((f for f in files if f.endswith(".png")), None)
         if png or svg:
             parts.append(
-                f'<figure class="plot"><img src="{img_src(png or svg)}" '
+                f'<figure class="plot"><img src="{html_url(png or svg)}" '
                 f'alt="{html_text(name)} per category">'
                 + (
-                    f'<figcaption class="sub"><a href="{img_src(svg)}">SVG</a></figcaption>'
+                    f'<figcaption class="sub"><a href="{html_url(svg)}">SVG</a></figcaption>'
                     if svg
                     else ""
                 )
@@ -218,7 +212,7 @@ def _image_cell(
     if run_dir is not None:
         exists = safe_image_path(run_dir, rel, "samples.jsonl").is_file()
     if exists:
-        pic = f'<img src="{img_src(rel)}" alt="{html_text(sample["prompt"])}" loading="lazy">'
+        pic = f'<img src="{html_url(rel)}" alt="{html_text(sample["prompt"])}" loading="lazy">'
     else:
         pic = '<div class="missing">image missing</div>'
     sub = f"#{html_text(sample['sample_index'])}"
