@@ -100,7 +100,7 @@ def history_list_cmd(history: HistoryOpt = None) -> None:
     """One line per record, oldest first; unreadable entries are listed on stderr."""
     from evalkit.history import scan
     from evalkit.report.render_text import text_table
-    from evalkit.report.schema import format_value
+    from evalkit.results import format_value
 
     records, skipped = scan(_history(history), verify=False)
     rows = []

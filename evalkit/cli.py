@@ -16,7 +16,7 @@ import typer
 from evalkit.console import run_console
 from evalkit.errors import UsageError
 from evalkit.hashing import sha256_json
-from evalkit.report.schema import load_results
+from evalkit.results import load_results
 from evalkit.spec import (
     RunSpec,
     default_metrics,
@@ -311,7 +311,7 @@ def distance(
     from evalkit.distance import DistanceOptions, save_reference_stats
     from evalkit.distance import distance as compute_distance
     from evalkit.report.render_text import text_table
-    from evalkit.report.schema import format_value
+    from evalkit.results import format_value
 
     result = compute_distance(
         a,

@@ -28,9 +28,10 @@ from typing import Any
 
 from evalkit.atomic import atomic_write_text
 from evalkit.errors import InputError, MissingWeightsError
+from evalkit.hashing import sha256_file, update_from_file
 from evalkit.paths import cache_root
 
-__all__ = ["cache_root", "download", "extract_zip", "read_lock", "sha256_of"]
+__all__ = ["cache_root", "download", "extract_zip", "read_lock"]
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
@@ -70,15 +71,6 @@ class _Progress:
         else:
             text = f"{self.description}: {mib:,.1f} MiB"
         print(f"{text}, {rate:,.1f} MiB/s", end=end, file=sys.stderr, flush=True)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _lock_path(dest: Path) -> Path:
@@ -146,9 +138,7 @@ def _fetch_to_part(url: str, part: Path, description: str, dest: Path, timeout: 
             start = _resume_offset(response, offset)
             h = hashlib.sha256()
             if start:
-                with open(part, "rb") as f:
-                    while chunk := f.read(_CHUNK):
-                        h.update(chunk)
+                update_from_file(h, part)
                 _say(f"{description}: resuming at {start / 2**20:,.1f} MiB")
             elif offset:
                 _say(f"{description}: the server does not resume downloads; starting over")
@@ -208,7 +198,7 @@ def download(
         expected = read_lock(dest)
         trusted = f"recorded on first download in {_lock_path(dest)}"
     if dest.exists():
-        actual = sha256_of(dest)
+        actual = sha256_file(dest)
         if expected is None:
             if record_hash:
                 _write_lock(dest, actual)

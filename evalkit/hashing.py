@@ -11,13 +11,17 @@ from evalkit.atomic import canonical_json
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def update_from_file(h: Any, path: str | os.PathLike) -> Any:
+    """Feed a file's bytes into the hash object ``h`` in 1 MiB chunks; returns ``h``."""
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return h
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    return update_from_file(hashlib.sha256(), path).hexdigest()
 
 
 def sha256_json(obj: Any) -> str:

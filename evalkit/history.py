@@ -45,11 +45,14 @@ from evalkit.atomic import atomic_write_bytes, atomic_write_json
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.hashing import sha256_file, sha256_json, sha256_text
 from evalkit.report.compare import SAMPLING_KEYS, is_note_key
-from evalkit.report.schema import (
-    load_samples,
+from evalkit.results import (
+    FEATURES_DIR,
+    RESULTS_FILE,
+    SAMPLES_FILE,
     metric_direction,
+    parse_results,
+    read_run,
     safe_image_path,
-    validate_results,
 )
 
 RECORD_FORMAT = "evalkit-history-record"
@@ -57,9 +60,7 @@ RECORD_FORMAT_VERSION = 1
 RECORDS_DIR = "records"
 INCOMING_DIR = ".incoming"
 RECORD_FILE = "record.json"
-RESULTS_FILE = "results.json"
 ITEMS_FILE = "items.parquet"
-FEATURES_DIR = "features"
 THUMBS_DIR = "thumbs"
 #: how many prompts get thumbnails, and how many images of each
 THUMB_PROMPTS = 12
@@ -291,14 +292,6 @@ def _parquet_bytes(df: Any) -> bytes:
     return buf.getvalue()
 
 
-def _run_files(run: Path) -> tuple[Path, Path | None]:
-    """(results.json, run folder or None) of a run folder or a results.json path."""
-    run = Path(run)
-    if run.is_dir():
-        return run / RESULTS_FILE, run
-    return run, run.parent if (run.parent / "samples.jsonl").is_file() else None
-
-
 @dataclass(frozen=True)
 class AddOutcome:
     """What :func:`add_record` did: the record's folder, and whether it was new."""
@@ -325,19 +318,14 @@ def add_record(
     verdicts. Adding the same results again for the same commit is a no-op; for another
     commit it is refused (:class:`InputError`): one run cannot belong to two commits.
     """
-    results_path, run_dir = _run_files(Path(run))
-    try:
-        raw = results_path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{results_path}: no such results file") from None
-    try:
-        results = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{results_path}: not valid JSON: {e}") from None
-    validate_results(results, str(results_path))
-    samples: list[dict[str, Any]] = []
-    if run_dir is not None and (run_dir / "samples.jsonl").is_file():
-        samples = load_samples(run_dir / "samples.jsonl", run_dir)
+    files = read_run(run)
+    results_path, run_dir, raw, results = (
+        files.results_path,
+        files.run_dir,
+        files.raw,
+        files.results,
+    )
+    samples: list[dict[str, Any]] = list(files.samples or [])
     results_sha = hashlib.sha256(raw).hexdigest()
     record_id = f"{results['run_id']}-{results_sha[:12]}"
     root = Path(history)
@@ -425,14 +413,14 @@ def _write_thumbnails(
     samples: list[dict[str, Any]], run_dir: Path | None, put: Any
 ) -> tuple[list[dict[str, Any]], list[str]]:
     if not samples or run_dir is None:
-        return [], ["no samples.jsonl: no thumbnails"]
+        return [], [f"no {SAMPLES_FILE}: no thumbnails"]
     chosen = set(thumbnail_items(samples))
     thumbs: list[dict[str, Any]] = []
     notes: list[str] = []
     for s in samples:
         if s["item_id"] not in chosen or int(s["sample_index"]) >= THUMB_IMAGES_PER_PROMPT:
             continue
-        path = safe_image_path(run_dir, s["image"], f"{run_dir}/samples.jsonl")
+        path = safe_image_path(run_dir, s["image"], f"{run_dir}/{SAMPLES_FILE}")
         if not path.is_file():
             notes.append(f"image {s['image']} missing: no thumbnail")
             continue
@@ -512,11 +500,9 @@ class Record:
     def results(self) -> dict[str, Any]:
         """The run's results.json, checked against its sha256 and the results schema."""
         path = self._verified(RESULTS_FILE)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"history record {self.record_id}: {RESULTS_FILE}: {e}") from None
-        return dict(validate_results(data, f"history record {self.record_id}: {RESULTS_FILE}"))
+        return dict(
+            parse_results(path.read_bytes(), f"history record {self.record_id}: {RESULTS_FILE}")
+        )
 
     def items(self) -> Any:
         """``items.parquet`` as a pandas DataFrame, checked against its sha256."""

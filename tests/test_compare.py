@@ -9,7 +9,7 @@ import pytest
 
 from evalkit.errors import ProtocolMismatchError
 from evalkit.report.compare import check_compatible, compare_results, render_comparison_md
-from evalkit.report.schema import load_results
+from evalkit.results import load_results
 
 
 def make_results(run_id: str = "a", fid: float = 10.0, clip: float = 0.27) -> dict[str, Any]:

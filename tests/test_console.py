@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,20 @@ def assert_clean_error(proc: subprocess.CompletedProcess[str], code: int, *needl
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     for needle in needles:
         assert needle in proc.stderr, proc.stderr[-2000:]
+
+
+def start_interruptible(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``args`` in the background with SIGINT at its default, output captured."""
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell may start background jobs with SIGINT ignored; the tests need the default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_console_script_is_installed():
@@ -193,16 +208,7 @@ def test_sigint_exits_130_with_the_resume_hint_and_the_rerun_resumes(tmp_path):
         "--batch-size", "2", "--metrics", "shapes_accuracy", "--quiet", "--no-report",
     ]  # fmt: skip
     env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(
-        [*args, "--model-opt", "delay_s=0.3"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # a shell may start background jobs with SIGINT ignored; the test needs the default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = start_interruptible([*args, "--model-opt", "delay_s=0.3"], tmp_path, env)
     images = tmp_path / "cache" / "images"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(images.rglob("*.png"))) < 4:
@@ -218,3 +224,34 @@ def test_sigint_exits_130_with_the_resume_hint_and_the_rerun_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     results = json.loads((tmp_path / rerun.stdout.strip().splitlines()[-1]).read_text())
     assert results["manifest"]["timings"]["images_generated"] == 40 - done
+
+
+def test_rate_errors_exit_with_evalkit_codes_and_one_line(tmp_path):
+    missing = tmp_path / "no-study"
+    assert_clean_error(evalkit("rate", "serve", str(missing), tmp_path=tmp_path), 3, "error: ")
+    proc = evalkit("rate", "report", str(missing), "--bogus", tmp_path=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_rate_serve_sigint_exits_130_without_a_traceback(tmp_path):
+    from evalkit.human.demo import make_study
+
+    study, _, _ = make_study(tmp_path / "study", gold_tasks=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EVALKIT_CACHE": str(tmp_path / "cache")}
+    env.pop("EVALKIT_RATE_DB", None)
+    args = [str(EVALKIT), "rate", "serve", str(study.root), "--no-ui", "--port", str(port)]
+    proc = start_interruptible(args, tmp_path, env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err

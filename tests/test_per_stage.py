@@ -13,7 +13,7 @@ import torch
 
 from evalkit.errors import UsageError
 from evalkit.generators.imagen_adapter import ImagenGenerator
-from evalkit.report.schema import load_results
+from evalkit.results import load_results
 from evalkit.run import RunOptions, execute
 from evalkit.spec import RunSpec
 

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from evalkit.errors import InputError
-from evalkit.report import build_report, load_results, load_samples, render_sweep
-from evalkit.report.render_md import md_cell
+from evalkit.report import build_report, render_sweep
+from evalkit.results import load_results, load_samples
+from evalkit.textsafe import md_cell
 
 XSS = "<script>alert(1)</script> a red cube"
 

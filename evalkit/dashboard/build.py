@@ -6,7 +6,7 @@ detected steps, gate verdicts), the per-category trend, the steps found over the
 history, and a table with exact values linking each record's report
 (``records/<id>/report.html``, rendered by :func:`evalkit.report.render_html.render_report_html`
 on the record's thumbnails). A side-by-side view shows the same prompts and seeds of two
-chosen records. Every string from data is escaped (:func:`evalkit.report.render_html.esc`);
+chosen records. Every string from data is escaped (:func:`evalkit.textsafe.html_text`);
 the script reads its data from a JSON block and sets text and image sources through the DOM.
 The site is written beside ``out`` and swapped into place, so a published folder is never
 half written. Unreadable records are listed, not fatal.
@@ -32,9 +32,10 @@ from evalkit.dashboard.charts import category_figure, save_chart, trend_figure
 from evalkit.errors import InputError
 from evalkit.hashing import sha256_text
 from evalkit.history import Record, Skipped, metric_frame, scan
-from evalkit.report.plots import safe_stem
-from evalkit.report.render_html import CSS, esc, render_report_html
-from evalkit.report.schema import format_interval, format_value
+from evalkit.plotting import safe_stem
+from evalkit.report.render_html import CSS, render_report_html
+from evalkit.results import format_interval, format_value
+from evalkit.textsafe import html_text, html_url, script_json
 
 EXTRA_CSS = """
 nav.toc a{margin-right:1em}.series{margin-top:2.4em}
@@ -104,16 +105,6 @@ class Site:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _json_block(obj: Any) -> str:
-    """JSON safe inside a <script> element (no ``<``, ``>`` or ``&`` characters)."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _href(rel: str) -> str:
-    return esc(quote(rel, safe="/"))
-
-
 def _anchor(*parts: str) -> str:
     return "s-" + sha256_text("\x00".join(parts))[:12]
 
@@ -167,8 +158,8 @@ def _record_page(record: Record, site: Path) -> tuple[str, set[str]]:
     m = record.meta
     facts = (
         "<p class='facts'><a href='../../index.html'>← dashboard</a> "
-        f"<span>record {esc(record.record_id)}</span><span>commit {esc(m.get('commit') or '?')}</span>"
-        f"<span>branch {esc(m.get('branch') or '?')}</span><span>measured {esc(m['time'])}</span>"
+        f"<span>record {html_text(record.record_id)}</span><span>commit {html_text(m.get('commit') or '?')}</span>"
+        f"<span>branch {html_text(m.get('branch') or '?')}</span><span>measured {html_text(m['time'])}</span>"
         "<span>images: the record's thumbnails</span></p>"
     )
     page = page.replace("<body>\n", "<body>\n" + facts, 1)
@@ -219,14 +210,14 @@ def _compare_block(series: str, records: list[Record], comp: dict[str, Any]) -> 
 
     def select(cls: str, chosen: str) -> str:
         opts = "".join(
-            f"<option value='{esc(r.record_id)}'{' selected' if r.record_id == chosen else ''}>"
-            f"{esc(_option(r))}</option>"
+            f"<option value='{html_text(r.record_id)}'{' selected' if r.record_id == chosen else ''}>"
+            f"{html_text(_option(r))}</option>"
             for r in mine
         )
         return f"<select class='{cls}'>{opts}</select>"
 
     return (
-        f"<div class='compare' data-series='{esc(series)}'>"
+        f"<div class='compare' data-series='{html_text(series)}'>"
         f"<label>left {select('ek-a', mine[0].record_id)}</label>"
         f"<label>right {select('ek-b', mine[-1].record_id)}</label>"
         "<span class='sub ek-count'></span>"
@@ -238,7 +229,7 @@ def _compare_block(series: str, records: list[Record], comp: dict[str, Any]) -> 
 def _verdict_cell(verdict: Any) -> str:
     if not isinstance(verdict, str) or not verdict:
         return "<td></td>"
-    return f"<td class='verdict-{esc(verdict.replace(' ', '-'))}'>{esc(verdict)}</td>"
+    return f"<td class='verdict-{html_text(verdict.replace(' ', '-'))}'>{html_text(verdict)}</td>"
 
 
 def build_dashboard(history: str | os.PathLike, out: str | os.PathLike) -> Site:
@@ -282,8 +273,8 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
     for series in series_names:
         srows = mf[mf["series"] == series]
         anchor = _anchor(series)
-        toc.append(f"<a href='#{anchor}'>{esc(series)}</a>")
-        parts = [f"<section class='series' id='{anchor}'><h2>{esc(series)}</h2>"]
+        toc.append(f"<a href='#{anchor}'>{html_text(series)}</a>")
+        parts = [f"<section class='series' id='{anchor}'><h2>{html_text(series)}</h2>"]
         for metric in sorted(srows["metric"].unique()):
             rows = srows[(srows["metric"] == metric) & (srows["category"] == "")].reset_index(
                 drop=True
@@ -296,10 +287,10 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
             svg = save_chart(
                 trend_figure(f"{series} · {metric}", rows, steps, direction), site / "charts" / stem
             )
-            parts.append(f"<h3>{esc(metric)}</h3>")
+            parts.append(f"<h3>{html_text(metric)}</h3>")
             parts.append(
-                f"<figure><img class='chart trend' src='{_href('charts/' + svg.name)}' "
-                f"alt='{esc(metric)} over commits'></figure>"
+                f"<figure><img class='chart trend' src='{html_url('charts/' + svg.name)}' "
+                f"alt='{html_text(metric)} over commits'></figure>"
             )
             cat_rows = srows[(srows["metric"] == metric) & (srows["category"] != "")]
             if len(cat_rows):
@@ -308,8 +299,8 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
                     site / "charts" / f"{stem}-categories",
                 )
                 parts.append(
-                    f"<figure><img class='chart categories' src='{_href('charts/' + cats_svg.name)}' "
-                    f"alt='{esc(metric)} per category over commits'></figure>"
+                    f"<figure><img class='chart categories' src='{html_url('charts/' + cats_svg.name)}' "
+                    f"alt='{html_text(metric)} per category over commits'></figure>"
                 )
             step_items = []
             for i, st in steps:
@@ -329,9 +320,9 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
                 all_steps.append(info)
                 rel = "" if st.relative is None else f" ({st.relative * 100:+.1f}%)"
                 step_items.append(
-                    f"<li><b>{esc(verdict)}</b> at commit <code>{esc((rec['commit'] or '?')[:10])}</code> "
-                    f"(<a href='{_href(pages[rec['record_id']])}'>{esc(rec['record_id'])}</a>): "
-                    f"{esc(format_value(st.before))} → {esc(format_value(st.after))}{esc(rel)}</li>"
+                    f"<li><b>{html_text(verdict)}</b> at commit <code>{html_text((rec['commit'] or '?')[:10])}</code> "
+                    f"(<a href='{html_url(pages[rec['record_id']])}'>{html_text(rec['record_id'])}</a>): "
+                    f"{html_text(format_value(st.before))} → {html_text(format_value(st.after))}{html_text(rel)}</li>"
                 )
             parts.append(
                 "<p><b>Detected steps</b> (PELT change points over the whole series, within each "
@@ -351,7 +342,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
 
     skipped_html = ""
     if skipped:
-        items = "".join(f"<li>{esc(s.reason)}</li>" for s in skipped)
+        items = "".join(f"<li>{html_text(s.reason)}</li>" for s in skipped)
         skipped_html = f"<h2>Skipped entries ({len(skipped)})</h2><ul class='skipped'>{items}</ul>"
     data = {
         "compare": {k: {"keys": v["keys"], "thumbs": v["thumbs"]} for k, v in comp.items()},
@@ -360,10 +351,10 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
     html = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>evalkit dashboard: {esc(history.name)}</title><style>{CSS}{EXTRA_CSS}</style></head>\n<body>\n"
-        f"<h1>evalkit dashboard</h1><p class='facts'><span>history {esc(history)}</span>"
+        f"<title>evalkit dashboard: {html_text(history.name)}</title><style>{CSS}{EXTRA_CSS}</style></head>\n<body>\n"
+        f"<h1>evalkit dashboard</h1><p class='facts'><span>history {html_text(history)}</span>"
         f"<span>{len(records)} records</span><span>{len(series_names)} series</span>"
-        f"<span>generated {esc(generated)}</span></p>"
+        f"<span>generated {html_text(generated)}</span></p>"
         f"<nav class='toc'>{''.join(toc)}</nav>"
         "<p class='sub'>Charts: value per record in time order (x labels: commit and time), shaded "
         "band: the 95% interval the run reported; dashed grey line: the protocol changed (values "
@@ -371,7 +362,7 @@ def _write_site(history: Path, records: list[Record], skipped: list[Skipped], si
         "verdict attached to a record.</p>\n"
         + "\n".join(sections)
         + skipped_html
-        + f"\n<script type='application/json' id='ek-data'>{_json_block(data)}</script>"
+        + f"\n<script type='application/json' id='ek-data'>{script_json(data)}</script>"
         + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
     index = atomic_write_text(site / "index.html", html)
@@ -402,16 +393,16 @@ def _table(rows: Any, pages: dict[str, str], by_id: dict[str, Record]) -> str:
         labels = by_id[r["record_id"]].meta.get("labels") or {}
         body.append(
             "<tr>"
-            f"<td>{esc(str(r['time'])[:19])}</td>"
-            f"<td><code>{esc((r['commit'] or '?')[:10])}</code></td>"
-            f"<td>{esc(r['branch'] or '?')}</td>"
-            f"<td class='num'>{esc(format_value(r['value']))}</td>"
-            f"<td class='num'>{esc(format_interval(iv))}</td>"
-            f"<td class='num'>{esc(r['n'] if r['n'] is not None else '—')}</td>"
+            f"<td>{html_text(str(r['time'])[:19])}</td>"
+            f"<td><code>{html_text((r['commit'] or '?')[:10])}</code></td>"
+            f"<td>{html_text(r['branch'] or '?')}</td>"
+            f"<td class='num'>{html_text(format_value(r['value']))}</td>"
+            f"<td class='num'>{html_text(format_interval(iv))}</td>"
+            f"<td class='num'>{html_text(r['n'] if r['n'] is not None else '—')}</td>"
             f"<td>{'<span class=brk>protocol change</span>' if r['break'] else ''}</td>"
             + _verdict_cell(r["gate"])
-            + f"<td>{esc(', '.join(f'{k}={v}' for k, v in sorted(labels.items())))}</td>"
-            f"<td><a href='{_href(pages[r['record_id']])}'>report</a></td>"
+            + f"<td>{html_text(', '.join(f'{k}={v}' for k, v in sorted(labels.items())))}</td>"
+            f"<td><a href='{html_url(pages[r['record_id']])}'>report</a></td>"
             "</tr>"
         )
     return (

@@ -1,4 +1,4 @@
-"""Trend charts of a metric over a history series (matplotlib, via :mod:`evalkit.report.plots`)."""
+"""Trend charts of a metric over a history series (matplotlib, via :mod:`evalkit.plotting`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from evalkit.changepoint import Step
-from evalkit.report.plots import BAR_COLOR, OVERALL_COLOR, new_figure, save_figure
+from evalkit.plotting import BAR_COLOR, OVERALL_COLOR, new_figure, save_figure
+from evalkit.textsafe import mpl_text
 
 BAND_ALPHA = 0.2
 BREAK_COLOR = "#777777"
@@ -23,12 +24,6 @@ VERDICT_STYLE = {
 CATEGORY_COLORS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
                    "#8C8C8C", "#CCB974", "#64B5CD"]  # fmt: skip
 MAX_TICKS = 24
-
-
-def mpl_text(value: Any) -> str:
-    """User text for matplotlib: ``$`` escaped (no mathtext), one line, bounded length."""
-    text = str(value).replace("\n", " ").replace("$", r"\$")
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _ticks(ax: Any, rows: Any) -> None:

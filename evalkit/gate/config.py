@@ -12,7 +12,7 @@ per_category = false             # also test each category (Bonferroni-corrected
 [metrics.clip_score]
 max_degradation = 0.005          # absolute, in the metric's units
 # max_relative_degradation = 0.01  (fraction of the baseline value; give one of the two)
-direction = "higher"             # default: from the results (evalkit.report.schema.metric_direction)
+direction = "higher"             # default: from the results (evalkit.results.metric_direction)
 kind = "prompt"                  # "prompt" (per-item scores) or "set" (needs per-image features)
 gate = true                      # false: reported, never fails the gate
 ```

@@ -31,8 +31,9 @@ from evalkit.errors import InputError, MissingWeightsError, ProtocolMismatchErro
 from evalkit.gate.config import SET_LEVEL, GateConfig, MetricRule
 from evalkit.gate.features import load_set_features, missing_features_reason
 from evalkit.gate.stats import min_pairs, paired_bootstrap, paired_set_bootstrap
+from evalkit.hashing import sha256_file
 from evalkit.report.compare import check_compatible, manifest_differences
-from evalkit.report.schema import is_uncalibrated, load_results, load_samples, metric_direction
+from evalkit.results import RESULTS_FILE, is_uncalibrated, metric_direction, read_run
 
 HISTORY_PREFIX = "history:"
 #: allowed differences worth listing in a gate report (the rest: `evalkit compare`)
@@ -92,20 +93,11 @@ def load_run(ref: str | Path) -> GateRun:
     path = Path(ref)
     if path.is_dir() and (path / RECORD_FILE).is_file():
         return run_from_record(read_record(path))
-    if path.is_dir():
-        results_path, run_dir = path / "results.json", path
-    else:
-        results_path, run_dir = path, path.parent
-    if not results_path.exists():
-        raise InputError(
-            f"{results_path}: no such results file (expected a run folder or results.json)"
-        )
-    results = dict(load_results(results_path))
-    samples = None
-    if (run_dir / "samples.jsonl").is_file():
-        samples = _samples_frame(load_samples(run_dir / "samples.jsonl", run_dir))
+    run = read_run(path, missing_hint="expected a run folder or results.json")
+    results = dict(run.results)
+    samples = None if run.samples is None else _samples_frame(run.samples)
     env = results["manifest"].get("environment") or {}
-    return GateRun(str(path), run_dir, results, samples, commit=env.get("git_commit"))
+    return GateRun(str(path), run.folder, results, samples, commit=env.get("git_commit"))
 
 
 def run_from_record(record: Any) -> GateRun:
@@ -156,10 +148,8 @@ def resolve_baseline(
     notes = [f"skipped {s.reason}" for s in skipped]
     on_branch = [r for r in records if r.meta.get("branch") == branch]
     cand_sha = None
-    if (candidate.path / "results.json").is_file():
-        import hashlib
-
-        cand_sha = hashlib.sha256((candidate.path / "results.json").read_bytes()).hexdigest()
+    if (candidate.path / RESULTS_FILE).is_file():
+        cand_sha = sha256_file(candidate.path / RESULTS_FILE)
     on_branch = [r for r in on_branch if r.meta["results_sha256"] != cand_sha]
     if not on_branch:
         raise MissingWeightsError(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from evalkit.gate.core import GateReport, MetricVerdict
-from evalkit.report.render_md import md_cell
 from evalkit.report.render_text import text_table
-from evalkit.report.schema import format_value
+from evalkit.results import format_value
+from evalkit.textsafe import md_cell, md_code
 
 _ARROWS = {"lower": "↓", "higher": "↑"}
 _MD_VERDICT = {
@@ -117,8 +117,8 @@ def render_markdown(report: GateReport) -> str:
     out = [
         f"## evalkit gate: {icon} {_OVERALL[report.verdict]}",
         "",
-        f"**baseline** {md_cell(b['label'])} (`{md_cell(b['run_id'])}`, {md_cell(b['model'])}) · "
-        f"**candidate** {md_cell(c['label'])} (`{md_cell(c['run_id'])}`, {md_cell(c['model'])}) · "
+        f"**baseline** {md_cell(b['label'])} ({md_code(b['run_id'])}, {md_cell(b['model'])}) · "
+        f"**candidate** {md_cell(c['label'])} ({md_code(c['run_id'])}, {md_cell(c['model'])}) · "
         f"suite {md_cell(c['suite'])}",
         "",
     ]

@@ -6,14 +6,18 @@ its own as ``python -m evalkit.human.cli``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from evalkit.errors import EvalkitError, UsageError
+from evalkit.console import run_console
+from evalkit.errors import UsageError
 from evalkit.progress import log
 
 rate_app = typer.Typer(
@@ -276,7 +280,30 @@ def serve(
     study = load_study(study_dir)
     service = RatingService(study, _store(study, db, db_file))
     log(f"serving study {study.study_id} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_server(service, host=host, port=port, ui=not no_ui, trusted_proxies=proxies)
+    with _reraise_sigint():
+        run_server(service, host=host, port=port, ui=not no_ui, trusted_proxies=proxies)
+
+
+@contextlib.contextmanager
+def _reraise_sigint() -> Iterator[None]:
+    """Make a Ctrl-C that the server swallows (uvicorn stops gracefully) end the command as one.
+
+    The server returns normally after SIGINT; this raises KeyboardInterrupt afterwards so the
+    console wrapper exits 130 like every other interrupted evalkit command.
+    """
+    seen: list[int] = []
+
+    def handler(sig: int, frame: object) -> None:
+        seen.append(sig)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if seen:
+        raise KeyboardInterrupt
 
 
 @rate_app.command()
@@ -339,26 +366,8 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m evalkit.human.cli``)."""
-    try:
-        rate_app(args=argv, standalone_mode=False)
-    except EvalkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except typer.Exit as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except typer.Abort:
-        return 130
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    """Stand-alone entry point (``python -m evalkit.human.cli``): exit codes as ``evalkit``'s."""
+    return run_console(rate_app, argv)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from evalkit.plotting import new_figure, save_figure
+from evalkit.textsafe import mpl_text
 
 COLOR_A = "#1f6fb4"
 COLOR_TIE = "#b9b9b9"
@@ -46,10 +44,13 @@ def _bar_from_stats(label: str, s: dict) -> Bar | None:
 def preference_bars(
     bars: Sequence[Bar], name_a: str, name_b: str, title: str, out_stem: Path
 ) -> list[Path]:
-    """Draw ``bars`` top to bottom; write ``out_stem``.png and .svg; return the paths."""
+    """Draw ``bars`` top to bottom; write ``out_stem``.png and .svg atomically; return the paths."""
+    from matplotlib.patches import Rectangle
+
     bars = [b for b in bars if b is not None]
     height = 1.4 + 0.5 * max(1, len(bars))
-    fig, ax = plt.subplots(figsize=(7.5, height))
+    fig = new_figure(7.5, height, layout=None)
+    ax = fig.add_subplot()
     ys = list(range(len(bars)))[::-1]
     for y, b in zip(ys, bars, strict=True):
         a, t, bb = 100 * b.p_a, 100 * b.p_tie, 100 * b.p_b
@@ -92,15 +93,15 @@ def preference_bars(
                     fontsize=8,
                     color=colour,
                 )
-    ax.set_yticks(ys, [f"{b.label} (n={b.n})" for b in bars], fontsize=9)
+    ax.set_yticks(ys, [f"{mpl_text(b.label)} (n={b.n})" for b in bars], fontsize=9)
     ax.set_ylim(-0.6, len(bars) - 0.4)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of votes")
-    ax.set_title(title, fontsize=10, pad=24)
+    ax.set_title(mpl_text(title, limit=120), fontsize=10, pad=24)
     handles = [
-        plt.Rectangle((0, 0), 1, 1, color=COLOR_A, label=f"prefer {name_a}"),
-        plt.Rectangle((0, 0), 1, 1, color=COLOR_TIE, label="indifferent"),
-        plt.Rectangle((0, 0), 1, 1, color=COLOR_B, label=f"prefer {name_b}"),
+        Rectangle((0, 0), 1, 1, color=COLOR_A, label=f"prefer {mpl_text(name_a)}"),
+        Rectangle((0, 0), 1, 1, color=COLOR_TIE, label="indifferent"),
+        Rectangle((0, 0), 1, 1, color=COLOR_B, label=f"prefer {mpl_text(name_b)}"),
     ]
     ax.legend(
         handles=handles,
@@ -113,14 +114,7 @@ def preference_bars(
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    out_stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "svg"):
-        path = out_stem.with_suffix(f".{ext}")
-        fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_stem, dpi=150, tight=True)
 
 
 def plot_preferences(preferences: Sequence[dict], out_dir: Path) -> list[Path]:

@@ -42,6 +42,7 @@ from evalkit.human.stats import (
 from evalkit.human.store import Store
 from evalkit.human.study import Study, load_study
 from evalkit.progress import log
+from evalkit.textsafe import md_text
 
 REPORT_DIR = "report"
 
@@ -465,17 +466,11 @@ def raters_csv(report: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _md_cell(text: object) -> str:
-    return (
-        str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
-    )
-
-
 def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     """A human-readable summary of the report."""
-    lines = [f"# Human evaluation: study {report['study_id']}", ""]
+    lines = [f"# Human evaluation: study {md_text(report['study_id'])}", ""]
     lines.append(
-        f"Suite {report['suite']['name']} (version {report['suite']['version']}). "
+        f"Suite {md_text(report['suite']['name'])} (version {md_text(report['suite']['version'])}). "
         + report["method"]["intervals"]
         + "."
     )
@@ -490,7 +485,8 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     if f["excluded"]:
         lines.append(f"Excluded raters (min gold accuracy {f['min_gold_accuracy']}):")
         lines += [
-            f"- {_md_cell(e['rater'])} ({e['rater_id']}): {e['reason']}" for e in f["excluded"]
+            f"- {md_text(e['rater'])} ({md_text(e['rater_id'])}): {md_text(e['reason'])}"
+            for e in f["excluded"]
         ]
         lines.append("")
     if c["revoked_raters_with_votes"]:
@@ -514,11 +510,11 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         s = p["overall"]
         if not s.get("n_votes"):
             lines.append(
-                f"| {_md_cell(p['a']['model'])} vs {_md_cell(p['b']['model'])} | {p['question']} | 0 | – | – | – | – |"
+                f"| {md_text(p['a']['model'])} vs {md_text(p['b']['model'])} | {p['question']} | 0 | – | – | – | – |"
             )
             continue
         lines.append(
-            f"| {_md_cell(p['a']['model'])} vs {_md_cell(p['b']['model'])} | {p['question']} | {s['n_votes']} | "
+            f"| {md_text(p['a']['model'])} vs {md_text(p['b']['model'])} | {p['question']} | {s['n_votes']} | "
             f"{_pct(s['p_a'])} {_ci(s['p_a_ci'])} | {_pct(s['p_tie'])} {_ci(s['p_tie_ci'])} | "
             f"{_pct(s['p_b'])} {_ci(s['p_b_ci'])} | {_pct(s['win_rate_a'])} {_ci(s['win_rate_a_ci'])} |"
         )
@@ -530,7 +526,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
             for name in res["ranking"]:
                 r = res["ratings"][name]
                 lines.append(
-                    f"| {_md_cell(name)} | {r['rating']:.0f} | [{r['ci'][0]:.0f}, {r['ci'][1]:.0f}] |"
+                    f"| {md_text(name)} | {r['rating']:.0f} | [{r['ci'][0]:.0f}, {r['ci'][1]:.0f}] |"
                 )
             lines.append("")
     rq = report["rater_quality"]
@@ -557,9 +553,9 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rq["per_rater"]:
-        name = _md_cell(r["name"]) + (" (revoked)" if r["revoked"] else "")
+        name = md_text(r["name"]) + (" (revoked)" if r["revoked"] else "")
         lines.append(
-            f"| {name} | {r['rater_id']} | {r['tasks']} | "
+            f"| {name} | {md_text(r['rater_id'])} | {r['tasks']} | "
             f"{_pct(r['gold_accuracy'])} ({r['gold_tasks']}) | "
             f"{_pct(r['position_bias']['left_win_rate'])} | {_num(r['median_seconds_per_task'], 1)} | {r['excluded']} |"
         )
@@ -574,7 +570,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str]) -> str:
         ]
     if plots:
         lines += ["", "## Plots", ""] + [
-            f"![{Path(p).stem}]({p})" for p in plots if p.endswith(".png")
+            f"![{md_text(Path(p).stem)}]({p})" for p in plots if p.endswith(".png")
         ]
     return "\n".join(lines) + "\n"
 

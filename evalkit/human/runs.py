@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evalkit.errors import InputError
-from evalkit.human.errors import RatingError
-from evalkit.human.security import resolve_inside
+from evalkit.results import RESULTS_FILE, SAMPLES_FILE, load_samples, read_results_file
 
 
 @dataclass(frozen=True)
@@ -37,18 +35,6 @@ class RunData:
     clip_per_item: dict[str, float] | None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (is this a finished run folder?)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return data
-
-
 def _suite_name(spec: dict[str, Any], manifest: dict[str, Any]) -> str:
     suite = spec.get("suite")
     if isinstance(suite, dict):
@@ -62,18 +48,19 @@ def load_run(run_dir: str | Path) -> RunData:
     root = Path(run_dir).resolve()
     if not root.is_dir():
         raise InputError(f"{run_dir}: not a run folder")
-    results = _read_json(root / "results.json")
+    # only the keys a study needs are read: results from other tools may omit the rest
+    _, results = read_results_file(root / RESULTS_FILE)
     spec = results.get("spec") or {}
     manifest = results.get("manifest") or {}
     run_id = results.get("run_id")
     if not run_id:
-        raise InputError(f"{root / 'results.json'}: missing run_id")
+        raise InputError(f"{root / RESULTS_FILE}: missing run_id")
     model_manifest = manifest.get("model") or {}
     model = str(model_manifest.get("name") or spec.get("model") or run_id)
     sampling = manifest.get("sampling") or {}
     ipp = spec.get("images_per_prompt", sampling.get("images_per_prompt"))
     if not isinstance(ipp, int) or ipp < 1:
-        raise InputError(f"{root / 'results.json'}: spec.images_per_prompt missing or invalid")
+        raise InputError(f"{root / RESULTS_FILE}: spec.images_per_prompt missing or invalid")
     suite_manifest = manifest.get("suite") or {}
     version = suite_manifest.get("version")
     items = _load_samples(root)
@@ -97,37 +84,20 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def _load_samples(root: Path) -> dict[str, RunItem]:
-    path = root / "samples.jsonl"
-    if not path.is_file():
-        raise InputError(f"{path}: not found (is this a finished run folder?)")
+    path = root / SAMPLES_FILE
     items: dict[str, RunItem] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-                item_id = str(rec["item_id"])
-                index = int(rec["sample_index"])
-                prompt = str(rec["prompt"])
-                image = rec["image"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise InputError(f"{where}: malformed sample record ({exc})") from None
-            try:
-                resolve_inside(root, image, where)
-            except RatingError as exc:
-                raise InputError(str(exc)) from None
-            category = rec.get("category")
-            item = items.get(item_id)
-            if item is None:
-                item = RunItem(item_id, prompt, None if category is None else str(category))
-                items[item_id] = item
-            elif item.prompt != prompt:
-                raise InputError(f"{where}: item {item_id!r} has two different prompts")
-            if index in item.images:
-                raise InputError(f"{where}: item {item_id!r} sample {index} listed twice")
-            item.images[index] = image
+    for rec in load_samples(path, root):
+        item_id, index, prompt = rec["item_id"], rec["sample_index"], rec["prompt"]
+        category = rec.get("category")
+        item = items.get(item_id)
+        if item is None:
+            item = RunItem(item_id, prompt, None if category is None else str(category))
+            items[item_id] = item
+        elif item.prompt != prompt:
+            raise InputError(f"{path}: item {item_id!r} has two different prompts")
+        if index in item.images:
+            raise InputError(f"{path}: item {item_id!r} sample {index} listed twice")
+        item.images[index] = rec["image"]
     if not items:
         raise InputError(f"{path}: no samples")
     return items

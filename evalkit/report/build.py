@@ -18,12 +18,15 @@ from evalkit.errors import InputError
 from evalkit.report.plots import plot_per_category
 from evalkit.report.render_html import render_report_html
 from evalkit.report.render_md import render_report_md
-from evalkit.report.schema import load_results, load_samples, validate_results
+from evalkit.results import (
+    FEATURES_DIR,
+    RESULTS_FILE,
+    load_results,
+    load_run_samples,
+    validate_results,
+)
 
-RESULTS_FILE = "results.json"
-SAMPLES_FILE = "samples.jsonl"
 ASSETS_DIR = "assets"
-FEATURES_DIR = "features"
 REPORT_FILES = ("report.html", "report.md")
 
 
@@ -42,8 +45,7 @@ def render_report(run_dir: Path, results: Mapping[str, Any]) -> tuple[dict[str, 
 
     Raises InputError for a samples line whose image path leaves the run folder.
     """
-    samples_path = run_dir / SAMPLES_FILE
-    samples = load_samples(samples_path, run_dir) if samples_path.is_file() else []
+    samples = load_run_samples(run_dir) or []
     plot_files = plot_per_category(dict(results), run_dir / ASSETS_DIR)
     rel_plots = {
         name: [p.relative_to(run_dir).as_posix() for p in paths]

@@ -18,13 +18,13 @@ import json
 from typing import Any
 
 from evalkit.errors import ProtocolMismatchError
-from evalkit.report.render_md import md_cell as _md_cell
-from evalkit.report.schema import (
+from evalkit.results import (
     format_interval,
     format_value,
     is_uncalibrated,
     metric_direction,
 )
+from evalkit.textsafe import md_cell, md_code
 
 #: Metric manifest / option keys (at any depth) that describe the machine or the run's
 #: bookkeeping, not the protocol: differences are notes only.
@@ -315,9 +315,9 @@ def render_comparison_md(comparison: dict[str, Any]) -> str:
     out = [
         "## evalkit comparison",
         "",
-        f"**a (baseline)**: `{_md_cell(a['run_id'])}` {_md_cell(a['model'])} · "
-        f"**b (candidate)**: `{_md_cell(b['run_id'])}` {_md_cell(b['model'])} · "
-        f"suite {_md_cell(a['suite'])}",
+        f"**a (baseline)**: {md_code(a['run_id'])} {md_cell(a['model'])} · "
+        f"**b (candidate)**: {md_code(b['run_id'])} {md_cell(b['model'])} · "
+        f"suite {md_cell(a['suite'])}",
         "",
     ]
     if a["uncalibrated"] or b["uncalibrated"]:
@@ -332,7 +332,7 @@ def render_comparison_md(comparison: dict[str, Any]) -> str:
             "> [!CAUTION]",
             "> **Protocol differences** (compared with force; the numbers are not comparable):",
         ]
-        out += [f"> - {_md_cell(w)}" for w in comparison["warnings"]]
+        out += [f"> - {md_cell(w)}" for w in comparison["warnings"]]
         out.append("")
     out += [
         "| metric | a | b | Δ (b − a) | relative | verdict | 95% CIs overlap |",
@@ -342,7 +342,7 @@ def render_comparison_md(comparison: dict[str, Any]) -> str:
         direction = {"lower": " ↓", "higher": " ↑"}.get(row["direction"] or "", "")
         overlap = {True: "yes", False: "**no**", None: "—"}[row["intervals_overlap"]]
         out.append(
-            f"| {_md_cell(name)}{direction} "
+            f"| {md_cell(name)}{direction} "
             f"| {format_value(row['a'])} {format_interval(row['a_interval'])} "
             f"| {format_value(row['b'])} {format_interval(row['b_interval'])} "
             f"| {row['delta']:+.4g} | {_fmt_rel(row['relative'])} "
@@ -353,25 +353,25 @@ def render_comparison_md(comparison: dict[str, Any]) -> str:
             continue
         out += [
             "",
-            f"<details><summary>{_md_cell(name)} per category</summary>",
+            f"<details><summary>{md_cell(name)} per category</summary>",
             "",
             "| category | a | b | Δ | verdict |",
             "|---|---|---|---|---|",
         ]
         for cat, c in row["per_category"].items():
             out.append(
-                f"| {_md_cell(cat)} | {format_value(c['a'])} | {format_value(c['b'])} "
+                f"| {md_cell(cat)} | {format_value(c['a'])} | {format_value(c['b'])} "
                 f"| {c['delta']:+.4g} | {_ARROW[c['verdict']]} |"
             )
         out += ["", "</details>"]
     if comparison["only_in_a"] or comparison["only_in_b"]:
         out += [
             "",
-            f"Only in a: {_md_cell(', '.join(comparison['only_in_a']) or '—')}; "
-            f"only in b: {_md_cell(', '.join(comparison['only_in_b']) or '—')}.",
+            f"Only in a: {md_cell(', '.join(comparison['only_in_a']) or '—')}; "
+            f"only in b: {md_cell(', '.join(comparison['only_in_b']) or '—')}.",
         ]
     if comparison["notes"]:
         out += ["", "<details><summary>Notes (allowed differences)</summary>", ""]
-        out += [f"- {_md_cell(n)}" for n in comparison["notes"]]
+        out += [f"- {md_cell(n)}" for n in comparison["notes"]]
         out += ["", "</details>"]
     return "\n".join(out) + "\n"

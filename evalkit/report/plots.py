@@ -1,50 +1,13 @@
-"""Static plots (PNG + SVG) with matplotlib's object API and the Agg renderer.
-
-No pyplot: nothing global changes and no display is needed. Files are written
-atomically and deterministically (no dates in the metadata, a fixed SVG hash salt).
-"""
+"""Per-category bar plots of a run's metrics (PNG + SVG, drawn with :mod:`evalkit.plotting`)."""
 
 from __future__ import annotations
 
-import io
-import re
 from pathlib import Path
 from typing import Any
 
-from evalkit.atomic import atomic_write_bytes
-from evalkit.report.schema import format_value, metric_direction
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-BAR_COLOR = "#4C72B0"
-OVERALL_COLOR = "#C44E52"
-
-
-def safe_stem(name: str) -> str:
-    """A file-name-safe version of a metric or parameter name."""
-    return _UNSAFE.sub("_", name).strip("._") or "plot"
-
-
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib Figure on the Agg canvas (imported lazily: matplotlib is slow to import)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Any, base: Path) -> list[Path]:
-    """Write ``base.png`` and ``base.svg`` atomically; returns both paths."""
-    import matplotlib
-
-    paths = []
-    for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
-        buf = io.BytesIO()
-        with matplotlib.rc_context({"svg.hashsalt": "evalkit", "svg.fonttype": "none"}):
-            fig.savefig(buf, format=fmt, metadata=meta, dpi=120)
-        paths.append(atomic_write_bytes(base.parent / f"{base.name}.{fmt}", buf.getvalue()))
-    return paths
+from evalkit.plotting import BAR_COLOR, OVERALL_COLOR, new_figure, safe_stem, save_figure
+from evalkit.results import format_value, metric_direction
+from evalkit.textsafe import mpl_text
 
 
 def _errors(rows: list[tuple[str, dict[str, Any]]]) -> tuple[list[float], list[float]] | None:
@@ -89,12 +52,14 @@ def per_category_figure(name: str, entry: dict[str, Any]) -> Any:
             fontsize=8,
         )
     ax.margins(x=0.12)
-    labels = [f"{c}  (n={r['n']})" if r.get("n") is not None else c for c, r in rows]
+    labels = [
+        f"{mpl_text(c)}  (n={r['n']})" if r.get("n") is not None else mpl_text(c) for c, r in rows
+    ]
     ax.set_yticks(ypos, labels)
     direction = metric_direction(name, entry)
     hint = {"lower": " (lower is better)", "higher": " (higher is better)"}.get(direction or "", "")
-    ax.set_xlabel(f"{name}{hint}; dashed line: overall {format_value(entry['value'])}")
-    title = f"{name} per category, 95% intervals"
+    ax.set_xlabel(f"{mpl_text(name)}{hint}; dashed line: overall {format_value(entry['value'])}")
+    title = f"{mpl_text(name)} per category, 95% intervals"
     if entry.get("uncalibrated"):
         title += "\nUNCALIBRATED: random weights"
     ax.set_title(title, color=OVERALL_COLOR if entry.get("uncalibrated") else "black")

@@ -2,19 +2,17 @@
 
 Every string taken from data (prompts, categories, model names, reasons, manifest
 values) goes through :func:`esc`; image sources come only from validated, run-relative
-paths (see :func:`evalkit.report.schema.safe_image_path`).
+paths (see :func:`evalkit.results.safe_image_path`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from evalkit.report.schema import (
+from evalkit.results import (
     format_interval,
     format_value,
     is_uncalibrated,
@@ -24,6 +22,7 @@ from evalkit.report.schema import (
     safe_image_path,
     stage_metric_names,
 )
+from evalkit.textsafe import html_text, html_url
 
 PROMPTS_PER_CATEGORY = 4
 IMAGES_PER_PROMPT = 4
@@ -51,16 +50,6 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 """
 
 
-def esc(value: Any) -> str:
-    """HTML-escape any value's text (quotes included, safe in attributes)."""
-    return html.escape(str(value), quote=True)
-
-
-def img_src(rel: str) -> str:
-    """An ``src`` attribute value for a run-relative path."""
-    return esc(quote(rel, safe="/"))
-
-
 def _header(results: dict[str, Any]) -> str:
     m = results["manifest"]
     suite, sampling = m["suite"], m["sampling"]
@@ -77,9 +66,9 @@ def _header(results: dict[str, Any]) -> str:
         ("created", results.get("created", "?")),
         ("evalkit", results.get("evalkit_version", "?")),
     ]
-    spans = "".join(f"<span><b>{esc(k)}</b> {esc(v)}</span>" for k, v in facts)
+    spans = "".join(f"<span><b>{html_text(k)}</b> {html_text(v)}</span>" for k, v in facts)
     out = [
-        f"<h1>{esc(m['model']['name'])} on {esc(suite['name'])}</h1>",
+        f"<h1>{html_text(m['model']['name'])} on {html_text(suite['name'])}</h1>",
         f'<div class="facts">{spans}</div>',
     ]
     if is_uncalibrated(results):
@@ -99,15 +88,17 @@ def _metric_table(results: dict[str, Any]) -> str:
         arrow = {"lower": " ↓", "higher": " ↑"}.get(direction or "", "")
         flag = ' <span class="flag">random weights</span>' if entry.get("uncalibrated") else ""
         also = "<br>".join(
-            f"{esc(k)} = {esc(format_value(v))}"
+            f"{html_text(k)} = {html_text(format_value(v))}"
             for k, v in sorted((entry.get("values") or {}).items())
         )
-        facts = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in metric_protocol_facts(entry))
+        facts = "".join(
+            f"<li>{html_text(k)}: {html_text(v)}</li>" for k, v in metric_protocol_facts(entry)
+        )
         rows.append(
-            f"<tr><td>{esc(name)}{esc(arrow)}{flag}</td>"
-            f'<td class="num value">{esc(format_value(entry["value"]))}</td>'
-            f'<td class="num">{esc(format_interval(entry.get("interval")))}</td>'
-            f'<td class="num">{esc(metric_n(entry, results))}</td>'
+            f"<tr><td>{html_text(name)}{html_text(arrow)}{flag}</td>"
+            f'<td class="num value">{html_text(format_value(entry["value"]))}</td>'
+            f'<td class="num">{html_text(format_interval(entry.get("interval")))}</td>'
+            f'<td class="num">{html_text(metric_n(entry, results))}</td>'
             f"<td>{also or '—'}</td>"
             f'<td><ul class="proto">{facts}</ul></td></tr>'
         )
@@ -117,8 +108,8 @@ def _metric_table(results: dict[str, Any]) -> str:
         "<th>also</th><th>protocol</th></tr>\n"
         + "\n".join(rows)
         + "</table>\n"
-        + f'<p class="sub">Images evaluated at {esc(sampling["resolution"])} px, stored as '
-        f"{esc(sampling.get('image_format', '?'))}; ↓ lower is better, ↑ higher is better.</p>"
+        + f'<p class="sub">Images evaluated at {html_text(sampling["resolution"])} px, stored as '
+        f"{html_text(sampling.get('image_format', '?'))}; ↓ lower is better, ↑ higher is better.</p>"
     )
 
 
@@ -130,8 +121,8 @@ def _per_stage(results: dict[str, Any]) -> str:
     names = stage_metric_names(results)
     arrows = {"lower": " ↓", "higher": " ↑"}
     head = "".join(
-        f"<th>{esc(n)}"
-        f"{esc(arrows.get(metric_direction(n, results['metrics'].get(n)) or '', ''))}</th>"
+        f"<th>{html_text(n)}"
+        f"{html_text(arrows.get(metric_direction(n, results['metrics'].get(n)) or '', ''))}</th>"
         for n in names
     )
     rows = []
@@ -144,14 +135,14 @@ def _per_stage(results: dict[str, Any]) -> str:
                 cells.append("<td>—</td>")
                 continue
             cells.append(
-                f'<td class="num"><span class="value">{esc(format_value(entry["value"]))}</span> '
-                f'<span class="sub">{esc(format_interval(entry.get("interval")))}</span></td>'
+                f'<td class="num"><span class="value">{html_text(format_value(entry["value"]))}</span> '
+                f'<span class="sub">{html_text(format_interval(entry.get("interval")))}</span></td>'
             )
         rows.append(
-            f"<tr><td>{esc(stage['name'])}</td>"
-            f'<td class="num">{esc(stage["native_resolution"])} px</td>'
+            f"<tr><td>{html_text(stage['name'])}</td>"
+            f'<td class="num">{html_text(stage["native_resolution"])} px</td>'
             f'<td class="num">'
-            f"{esc(format_value(latency) if latency is not None else '— (cached)')}</td>"
+            f"{html_text(format_value(latency) if latency is not None else '— (cached)')}</td>"
             + "".join(cells)
             + "</tr>"
         )
@@ -161,7 +152,7 @@ def _per_stage(results: dict[str, Any]) -> str:
         f"<th>latency (s/image)</th>{head}</tr>\n"
         + "\n".join(rows)
         + "</table>\n"
-        + f'<p class="sub">Each stage\'s output is resized to {esc(resolution)} px and scored like '
+        + f'<p class="sub">Each stage\'s output is resized to {html_text(resolution)} px and scored like '
         "the final images (value and 95% interval); the last row is the final output.</p>"
     )
 
@@ -172,25 +163,25 @@ def _per_category(results: dict[str, Any], plots: dict[str, list[str]]) -> str:
         per_cat = entry.get("per_category")
         if not per_cat:
             continue
-        parts.append(f"<h3>{esc(name)}</h3>")
+        parts.append(f"<h3>{html_text(name)}</h3>")
         files = plots.get(name, [])
         svg = next((f for f in files if f.endswith(".svg")), None)
         png = next((f for f in files if f.endswith(".png")), None)
         if png or svg:
             parts.append(
-                f'<figure class="plot"><img src="{img_src(png or svg)}" '
-                f'alt="{esc(name)} per category">'
+                f'<figure class="plot"><img src="{html_url(png or svg)}" '
+                f'alt="{html_text(name)} per category">'
                 + (
-                    f'<figcaption class="sub"><a href="{img_src(svg)}">SVG</a></figcaption>'
+                    f'<figcaption class="sub"><a href="{html_url(svg)}">SVG</a></figcaption>'
                     if svg
                     else ""
                 )
                 + "</figure>"
             )
         rows = "".join(
-            f"<tr><td>{esc(cat)}</td><td class='num'>{esc(format_value(r['value']))}</td>"
-            f"<td class='num'>{esc(format_interval(r.get('interval')))}</td>"
-            f"<td class='num'>{esc(r.get('n', '—'))}</td></tr>"
+            f"<tr><td>{html_text(cat)}</td><td class='num'>{html_text(format_value(r['value']))}</td>"
+            f"<td class='num'>{html_text(format_interval(r.get('interval')))}</td>"
+            f"<td class='num'>{html_text(r.get('n', '—'))}</td></tr>"
             for cat, r in sorted(per_cat.items())
         )
         parts.append(
@@ -221,17 +212,17 @@ def _image_cell(
     if run_dir is not None:
         exists = safe_image_path(run_dir, rel, "samples.jsonl").is_file()
     if exists:
-        pic = f'<img src="{img_src(rel)}" alt="{esc(sample["prompt"])}" loading="lazy">'
+        pic = f'<img src="{html_url(rel)}" alt="{html_text(sample["prompt"])}" loading="lazy">'
     else:
         pic = '<div class="missing">image missing</div>'
-    sub = f"#{esc(sample['sample_index'])}"
+    sub = f"#{html_text(sample['sample_index'])}"
     if sample.get("seed") is not None:
-        sub += f" · seed {esc(sample['seed'])}"
+        sub += f" · seed {html_text(sample['seed'])}"
     lines = [f'<div class="sub">{sub}</div>']
     for metric, correct, reason in verdicts:
         cls, mark = ("ok", "✓") if correct else ("bad", "✗")
         lines.append(
-            f'<div class="sub"><span class="{cls}">{mark}</span> {esc(metric)}: {esc(reason)}</div>'
+            f'<div class="sub"><span class="{cls}">{mark}</span> {html_text(metric)}: {html_text(reason)}</div>'
         )
     return f"<td><figure>{pic}<figcaption>{''.join(lines)}</figcaption></figure></td>"
 
@@ -265,7 +256,7 @@ def _grids(
     for cat in sorted(cats):
         items = cats[cat]
         count = f"{len(items)} prompt{'s' if len(items) != 1 else ''}"
-        parts.append(f"<h3>{esc(cat)} <span class='sub'>({count})</span></h3>")
+        parts.append(f"<h3>{html_text(cat)} <span class='sub'>({count})</span></h3>")
         parts.append('<table class="grid">')
         for item_id in items[:prompts_per_category]:
             shots = sorted(by_item[item_id], key=lambda s: s["sample_index"])[:images_per_prompt]
@@ -274,12 +265,14 @@ def _grids(
                 for s in shots
             )
             scores = ", ".join(
-                f"{esc(n)} {esc(format_value(pi[item_id]))}"
+                f"{html_text(n)} {html_text(format_value(pi[item_id]))}"
                 for n, pi in per_item_metrics.items()
                 if item_id in pi
             )
-            caption = f"{esc(shots[0]['prompt'])}"
-            caption += f'<div class="sub">{esc(item_id)}{" · " + scores if scores else ""}</div>'
+            caption = f"{html_text(shots[0]['prompt'])}"
+            caption += (
+                f'<div class="sub">{html_text(item_id)}{" · " + scores if scores else ""}</div>'
+            )
             parts.append(f"<tr>{cells}</tr>")
             parts.append(f'<tr><td class="caption" colspan="{len(shots)}">{caption}</td></tr>')
         parts.append("</table>")
@@ -306,12 +299,14 @@ def _timings(results: dict[str, Any]) -> str:
         rows.append(
             ("hardware", f"{hw.get('device', '?')} × {hw.get('world_size', 1)}; GPUs: {gpus}")
         )
-    body = "".join(f"<tr><td>{esc(k)}</td><td class='num'>{esc(v)}</td></tr>" for k, v in rows)
+    body = "".join(
+        f"<tr><td>{html_text(k)}</td><td class='num'>{html_text(v)}</td></tr>" for k, v in rows
+    )
     return f"<h2>Timings</h2>\n<table>{body}</table>"
 
 
 def _dump(obj: Any) -> str:
-    return esc(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    return html_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
 
 
 def _manifest(results: dict[str, Any]) -> str:
@@ -351,7 +346,7 @@ def render_report_html(
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
+        f"<title>{html_text(title)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(p for p in body if p)
         + "\n</body></html>\n"
     )

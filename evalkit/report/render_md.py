@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from evalkit.report.schema import (
+from evalkit.results import (
     format_interval,
     format_value,
     is_uncalibrated,
@@ -15,15 +15,9 @@ from evalkit.report.schema import (
     short_hash,
     stage_metric_names,
 )
+from evalkit.textsafe import md_cell, md_code
 
 _ARROWS = {"lower": " ↓", "higher": " ↑"}
-
-
-def md_cell(value: Any) -> str:
-    """Text safe inside a markdown table cell: one line, ``|`` escaped, no raw HTML."""
-    text = str(value).replace("\r", " ").replace("\n", " ")
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("|", "\\|")
 
 
 def _values_text(entry: dict[str, Any]) -> str:
@@ -125,7 +119,7 @@ def manifest_essentials_md(results: dict[str, Any]) -> list[str]:
             else ""
         ),
         f"- **model**: {md_cell(model['name'])}, native {model.get('native_resolution', '?')} px, "
-        f"settings `{md_cell(_compact(model.get('settings') or {}))}`",
+        f"settings {md_code(_compact(model.get('settings') or {}))}",
         f"- **sampling**: {sampling['num_images']} images, {sampling['images_per_prompt']} per prompt, "
         f"{sampling['resolution']} px, {md_cell(sampling.get('image_format', '?'))}, seed {sampling['seed']}"
         + (f" ({md_cell(sampling['seed_derivation'])})" if sampling.get("seed_derivation") else ""),
@@ -160,7 +154,7 @@ def render_report_md(results: dict[str, Any]) -> str:
     out = [
         f"## evalkit: {md_cell(m['model']['name'])} on {md_cell(m['suite']['name'])}",
         "",
-        f"Run `{md_cell(results['run_id'])}` · {m['sampling']['num_images']} images · "
+        f"Run {md_code(results['run_id'])} · {m['sampling']['num_images']} images · "
         f"{m['sampling']['resolution']} px · {md_cell(results.get('created', ''))}",
         "",
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from evalkit.report.schema import (
+from evalkit.results import (
     format_interval,
     format_value,
     is_uncalibrated,

@@ -15,10 +15,10 @@ from typing import Any
 
 from evalkit.atomic import atomic_write_json, atomic_write_text
 from evalkit.errors import InputError
+from evalkit.plotting import new_figure, save_figure
 from evalkit.report.compare import check_compatible
-from evalkit.report.plots import new_figure, save_figure
-from evalkit.report.render_md import md_cell
-from evalkit.report.schema import format_interval, format_value, is_uncalibrated
+from evalkit.results import format_interval, format_value, is_uncalibrated
+from evalkit.textsafe import md_cell, mpl_text
 
 SWEEP_METRICS = ("fid", "clip_score")
 AXIS_LABELS = {
@@ -86,7 +86,7 @@ def _tradeoff_figure(points: list[dict[str, Any]], param: str, suffix: str) -> A
     )
     for p in points:
         ax.annotate(
-            f"{param}={p['value']}",
+            mpl_text(f"{param}={p['value']}"),
             (p["clip_score"], p["fid"]),
             textcoords="offset points",
             xytext=(6, 6),
@@ -96,7 +96,7 @@ def _tradeoff_figure(points: list[dict[str, Any]], param: str, suffix: str) -> A
     ax.grid(alpha=0.3)
     ax.set_xlabel(AXIS_LABELS["clip_score"])
     ax.set_ylabel(AXIS_LABELS["fid"])
-    ax.set_title(f"FID vs CLIP score over {param}{suffix}", color=_title_color(suffix))
+    ax.set_title(f"FID vs CLIP score over {mpl_text(param)}{suffix}", color=_title_color(suffix))
     return fig
 
 
@@ -123,11 +123,13 @@ def _vs_param_figure(
             markersize=5,
         )
         if not numeric:
-            ax.set_xticks(range(len(points)), [str(p["value"]) for p in points])
-        ax.set_xlabel(param)
+            ax.set_xticks(range(len(points)), [mpl_text(p["value"]) for p in points])
+        ax.set_xlabel(mpl_text(param))
         ax.set_ylabel(AXIS_LABELS[name])
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{' and '.join(present)} over {param}{suffix}", color=_title_color(suffix))
+    fig.suptitle(
+        f"{' and '.join(present)} over {mpl_text(param)}{suffix}", color=_title_color(suffix)
+    )
     return fig
 
 

@@ -1,11 +1,12 @@
-"""The results format: TypedDicts documenting every key, and validating loaders.
+"""Run folders and the results format: the one reader of ``results.json`` and ``samples.jsonl``.
 
-``results.json`` and ``samples.jsonl`` are written by the runner; everything that reads
-them (reports, compare, sweeps, dashboards) goes through :func:`load_results` and
-:func:`load_samples`, which check required keys and types and raise
-:class:`~evalkit.errors.InputError` naming the file and the key path at fault.
-Keys not listed here are allowed (forward compatibility); keys listed are checked.
-Keep this module in sync with ``docs/results-schema.md``.
+``results.json`` and ``samples.jsonl`` are written by the runner; everything that reads them
+(reports, compare, sweeps, the gate, the history, dashboards, rating studies) goes through this
+module: :func:`read_run` for a run folder or a ``results.json``, :func:`load_results` and
+:func:`load_samples` for one file, :func:`safe_image_path` for an image a sample names. They
+check required keys and types and raise :class:`~evalkit.errors.InputError` naming the file
+and the key path at fault. Keys not listed here are allowed (forward compatibility); keys
+listed are checked. Keep this module in sync with ``docs/results-schema.md``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypedDict
 
@@ -21,6 +23,11 @@ from evalkit.errors import InputError
 
 #: The ``schema_version`` this module reads and documents.
 SCHEMA_VERSION = 1
+#: File names inside a run folder.
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+#: per-image features and reference data the set metrics compared against
+FEATURES_DIR = "features"
 
 #: Whether lower or higher values are better, for the built-in metrics.
 METRIC_DIRECTIONS: dict[str, str] = {
@@ -425,20 +432,41 @@ def _check_intervals(metrics: dict[str, Any], where: str, file: str) -> None:
             raise InputError(f"{file}: {where}.{name}.interval: expected [lo, hi]")
 
 
-def load_results(path: str | Path) -> Results:
-    """Read and validate a ``results.json``."""
+def read_results_file(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of a ``results.json`` and its top-level JSON object, not checked further.
+
+    For readers that need the exact bytes (hashes) or only a few keys; everything else
+    uses :func:`load_results`.
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{p}: no such results file") from None
     except OSError as e:
         raise InputError(f"{p}: cannot read: {e}") from None
+    data = _parse_json(raw, str(p))
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: (top level): expected object, got {_json_type(data)}")
+    return raw, data
+
+
+def _parse_json(raw: bytes, file: str) -> Any:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: not valid JSON: {e}") from None
-    return validate_results(data, str(p))
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{file}: not valid JSON: {e}") from None
+
+
+def parse_results(raw: bytes, file: str = RESULTS_FILE) -> Results:
+    """Parse and validate the bytes of a ``results.json``; errors name ``file``."""
+    return validate_results(_parse_json(raw, file), file)
+
+
+def load_results(path: str | Path) -> Results:
+    """Read and validate a ``results.json``."""
+    raw, data = read_results_file(path)
+    return validate_results(data, str(path))
 
 
 def safe_image_path(run_dir: Path, image: str, where: str) -> Path:
@@ -473,6 +501,8 @@ def load_samples(path: str | Path, run_dir: str | Path | None = None) -> list[Sa
         lines = p.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise InputError(f"{p}: no such samples file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{p}: cannot read: {e}") from None
     samples: list[Sample] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -486,6 +516,56 @@ def load_samples(path: str | Path, run_dir: str | Path | None = None) -> list[Sa
         safe_image_path(root, rec["image"], f"{where}: image")
         samples.append(rec)
     return samples
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """A run as read from disk: its validated results, their bytes, and its samples if any."""
+
+    #: the ``results.json`` read
+    results_path: Path
+    #: the folder holding it (the run folder)
+    folder: Path
+    #: the exact bytes of ``results.json`` (what history records and hashes)
+    raw: bytes
+    results: Results
+    #: the validated ``samples.jsonl`` records; None when the folder has no samples file
+    samples: list[Sample] | None
+    #: True when a folder was given (not a ``results.json`` path)
+    from_folder: bool = False
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder (images, features): given as such, or holding samples, else None."""
+        return self.folder if self.from_folder or self.samples is not None else None
+
+
+def locate_run(ref: str | Path) -> tuple[Path, Path]:
+    """(``results.json`` path, run folder) of a run folder or a ``results.json`` path."""
+    path = Path(ref)
+    if path.is_dir():
+        return path / RESULTS_FILE, path
+    return path, path.parent
+
+
+def read_run(ref: str | Path, *, missing_hint: str = "") -> RunFiles:
+    """Read a run folder or a ``results.json``: results validated, samples (when present) too.
+
+    ``missing_hint`` is added to the error when there is no results file.
+    """
+    results_path, folder = locate_run(ref)
+    if missing_hint and not results_path.exists():
+        raise InputError(f"{results_path}: no such results file ({missing_hint})")
+    raw, data = read_results_file(results_path)
+    results = validate_results(data, str(results_path))
+    samples = load_run_samples(folder)
+    return RunFiles(results_path, folder, raw, results, samples, from_folder=Path(ref).is_dir())
+
+
+def load_run_samples(run_dir: str | Path) -> list[Sample] | None:
+    """The validated ``samples.jsonl`` of ``run_dir``, or None when it has none."""
+    path = Path(run_dir) / SAMPLES_FILE
+    return load_samples(path, run_dir) if path.is_file() else None
 
 
 # ---------------------------------------------------------------- reading helpers
