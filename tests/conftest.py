@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from evalkit.errors import InputError
 from evalkit.metrics import inception
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.bootstrap import summarize
-from evalkit.errors import InputError
 from evalkit.registry import METRICS, SUITES
 from evalkit.suites.base import Item, ReferenceSet, Suite
 
