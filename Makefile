@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   – create .venv, install evalkit, run the main job offline (the bundled Imagen on the shapes suite)
-#   make test   – create .venv, install evalkit with test extras, run the tests (what CI runs)
+#   make test   – create .venv, install evalkit with test extras, type-check evalkit/ (mypy) and run
+#                 the tests (what CI runs)
 # Both install the exact versions of requirements/lock.txt (every dependency of the dev, datasets
 # and app extras, transitively), then evalkit itself without dependencies; pyproject.toml keeps
 # version ranges for users. After changing dependencies in pyproject.toml:
@@ -32,6 +33,7 @@ demo: install
 	$(BIN)/evalkit run --model imagen --suite shapes
 
 test: install
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lock:

@@ -16,7 +16,7 @@ import typer
 from evalkit.console import run_console
 from evalkit.errors import UsageError
 from evalkit.hashing import sha256_json
-from evalkit.results import load_results
+from evalkit.results import Results, load_results
 from evalkit.spec import (
     RunSpec,
     default_metrics,
@@ -148,7 +148,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Generate images for a suite with a model, score them, and write results and a report."""
-    from evalkit.run import RunOptions, execute
+    from evalkit.run import RunOptions, RunPlan, execute
 
     suite_options = parse_options(suite_opt, "--suite-opt")
     if prompts is not None:
@@ -201,16 +201,22 @@ def run(
 
         for point in points:
             plan = execute(point, options)
-            if plan is not None:
-                typer.echo(render_plan(plan))
+            if plan is None:
+                continue
+            if not isinstance(plan, RunPlan):
+                raise TypeError(f"a dry run returned {type(plan).__name__}, not a RunPlan")
+            typer.echo(render_plan(plan))
         return
-    run_dirs = []
+    run_dirs: list[Path] = []
     for point in points:
         run_dir = execute(point, options)
-        if run_dir is not None:  # rank 0 prints each run's metric table as it ends
-            _print_results(run_dir / "results.json")
+        if run_dir is None:  # not rank 0: nothing to print, no sweep to render
+            continue
+        if not isinstance(run_dir, Path):
+            raise TypeError(f"a run returned {type(run_dir).__name__}, not its folder")
+        _print_results(run_dir / "results.json")  # rank 0: each run's metric table as it ends
         run_dirs.append(run_dir)
-    if swept is None or run_dirs[0] is None:
+    if swept is None or not run_dirs:
         return
     from evalkit.report.sweep import render_sweep
 
@@ -360,7 +366,7 @@ def compare(
     """Compare two results; refuses results measured under different protocols unless --force."""
     from evalkit.report.compare import compare_results, render_comparison_md
 
-    def _load(p: Path) -> dict[str, Any]:
+    def _load(p: Path) -> Results:
         return load_results(p / "results.json" if p.is_dir() else p)
 
     ra, rb = _load(a), _load(b)

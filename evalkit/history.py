@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +49,7 @@ from evalkit.results import (
     FEATURES_DIR,
     RESULTS_FILE,
     SAMPLES_FILE,
+    Sample,
     metric_direction,
     parse_results,
     read_run,
@@ -203,7 +204,9 @@ def _metric_summary(name: str, entry: Mapping[str, Any], results: Mapping[str, A
     }
 
 
-def thumbnail_items(samples: list[dict[str, Any]], n_prompts: int = THUMB_PROMPTS) -> list[str]:
+def thumbnail_items(
+    samples: Sequence[Mapping[str, Any]], n_prompts: int = THUMB_PROMPTS
+) -> list[str]:
     """A fixed subset of item ids: round robin over categories in the order of sha256(item id).
 
     Depends only on the item ids, so every record of a suite shows the same prompts.
@@ -230,15 +233,15 @@ def thumbnail_items(samples: list[dict[str, Any]], n_prompts: int = THUMB_PROMPT
 def _thumbnail_png(path: Path, size: int) -> bytes:
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as src:
+        img = src.convert("RGB")
         img.thumbnail((size, size), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
-def _items_table(results: Mapping[str, Any], samples: list[dict[str, Any]]) -> Any:
+def _items_table(results: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> Any:
     """The per-image table (pandas DataFrame) stored as ``items.parquet``."""
     import pandas as pd
 
@@ -318,14 +321,14 @@ def add_record(
     verdicts. Adding the same results again for the same commit is a no-op; for another
     commit it is refused (:class:`InputError`): one run cannot belong to two commits.
     """
-    files = read_run(run)
+    run_files = read_run(Path(run))
     results_path, run_dir, raw, results = (
-        files.results_path,
-        files.run_dir,
-        files.raw,
-        files.results,
+        run_files.results_path,
+        run_files.run_dir,
+        run_files.raw,
+        run_files.results,
     )
-    samples: list[dict[str, Any]] = list(files.samples or [])
+    samples: list[Sample] = list(run_files.samples or [])
     results_sha = hashlib.sha256(raw).hexdigest()
     record_id = f"{results['run_id']}-{results_sha[:12]}"
     root = Path(history)
@@ -410,7 +413,7 @@ def _existing(target: Path, prov: dict[str, Any]) -> AddOutcome:
 
 
 def _write_thumbnails(
-    samples: list[dict[str, Any]], run_dir: Path | None, put: Any
+    samples: Sequence[Mapping[str, Any]], run_dir: Path | None, put: Any
 ) -> tuple[list[dict[str, Any]], list[str]]:
     if not samples or run_dir is None:
         return [], [f"no {SAMPLES_FILE}: no thumbnails"]

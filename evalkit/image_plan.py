@@ -171,6 +171,13 @@ def generate_missing(
     cascade pass, each timed), filling ``stage_keys`` as well as ``key``; an image is
     regenerated when any of its keys is missing.
     """
+    staged: StagedGenerator | None = None
+    if per_stage:
+        if not isinstance(generator, StagedGenerator):
+            raise UsageError(
+                f"per-stage generation: model {generator.name!r} has no generate_stages"
+            )
+        staged = generator
     missing, untrusted = find_missing(planned, cache)
     stats = GenerationStats(
         generated=len(missing), cached=len(planned) - len(missing), untrusted=untrusted
@@ -179,8 +186,8 @@ def generate_missing(
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
             requests = [p.request for p in batch]
-            if per_stage:
-                outputs = _staged_output(generator, requests, len(batch[0].all_keys()), resolution)
+            if staged is not None:
+                outputs = _staged_output(staged, requests, len(batch[0].all_keys()), resolution)
                 if not stats.stage_latency_s:
                     stats.stage_latency_s = [0.0] * len(outputs)
                 for k, (images, seconds) in enumerate(outputs):
@@ -188,10 +195,10 @@ def generate_missing(
                     for p, image in zip(batch, images, strict=True):
                         cache.put(p.all_keys()[k], image)
             else:
-                images = check_output(
+                generated = check_output(
                     generator.generate(requests), len(batch), resolution, generator.name
                 )
-                for p, image in zip(batch, _to_hwc(images), strict=True):
+                for p, image in zip(batch, _to_hwc(generated), strict=True):
                     cache.put(p.key, image)
             advance(len(batch))
     return stats

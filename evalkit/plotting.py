@@ -12,15 +12,18 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from evalkit.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 BAR_COLOR = "#4C72B0"
 OVERALL_COLOR = "#C44E52"
 #: metadata that would change between runs (dates, versions) left out
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
-_RC = {"svg.hashsalt": "evalkit", "svg.fonttype": "none"}
+_RC: dict[RcKeyType, Any] = {"svg.hashsalt": "evalkit", "svg.fonttype": "none"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -29,7 +32,12 @@ def safe_stem(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("._") or "plot"
 
 
-def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Any:
+def new_figure(
+    width: float,
+    height: float,
+    *,
+    layout: Literal["constrained", "compressed", "tight"] | None = "constrained",
+) -> Any:
     """A matplotlib Figure (inches, 100 dpi) on its own Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -15,6 +15,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypedDict
@@ -658,7 +659,7 @@ def metric_protocol_facts(entry: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
-def metric_n(entry: dict[str, Any], results: dict[str, Any]) -> str:
+def metric_n(entry: Mapping[str, Any], results: Mapping[str, Any]) -> str:
     """The sample size behind a metric: prompts for per-prompt metrics, else images."""
     per_item = entry.get("per_item")
     if per_item:
@@ -700,7 +701,7 @@ def stage_metric_names(results: dict[str, Any]) -> list[str]:
     return list(names)
 
 
-def is_uncalibrated(results: dict[str, Any]) -> bool:
+def is_uncalibrated(results: Mapping[str, Any]) -> bool:
     """True when the results, the model or any metric is marked uncalibrated."""
     if results.get("uncalibrated"):
         return True

@@ -35,6 +35,7 @@ from evalkit.batching import run_in_micro_batches, worker_count
 from evalkit.errors import InputError, MissingWeightsError, UsageError
 from evalkit.features.base import FeatureExtractor, device_identity
 from evalkit.hashing import sha256_file
+from evalkit.metrics.clip_models import as_clip_model
 
 TINY_RANDOM = "tiny-random"
 MICRO_BATCH = 32
@@ -221,8 +222,10 @@ class DinoV2Extractor(_Backbone):
         from transformers import Dinov2Config, Dinov2Model
 
         if self.weights is None:
+            # MLP width hidden_size * mlp_ratio = 128: Dinov2Config has no intermediate_size
+            # (once passed here and silently ignored), so 4 is the width always built
             config = Dinov2Config(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4,
                 patch_size=14, image_size=224,
             )  # fmt: skip
             return Dinov2Model(config)
@@ -264,7 +267,8 @@ class ClipImageExtractor(_Backbone):
         self._model = model
         self.image_size = image_size
         self.mean, self.std = mean, std
-        self.dim = int(model.encode_image(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+        probe = torch.zeros(1, 3, image_size, image_size)
+        self.dim = int(as_clip_model(model).encode_image(probe).shape[-1])
         self.preprocessing = (
             f"CMMD reference: PIL centre crop, PIL bicubic to {image_size}, [0,1], CLIP mean/std; "
             "embeddings L2-normalised"
@@ -279,7 +283,7 @@ class ClipImageExtractor(_Backbone):
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         x = _normalise(pil_resize_square(batch, self.image_size, crop=True), self.mean, self.std)
-        e = self.net.encode_image(x.to(self.device)).float()
+        e = as_clip_model(self.net).encode_image(x.to(self.device)).float()
         return e / e.norm(dim=-1, keepdim=True)
 
 

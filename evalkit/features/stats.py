@@ -64,6 +64,8 @@ class FeatureStats:
             raise ValueError(f"cannot merge stats of dimension {other.dim} into {self.dim}")
         if other.n == 0:
             return self
+        if other._shift is None:
+            raise RuntimeError("FeatureStats with n > 0 has no shift")
         if self._shift is None:
             self._shift = other._shift.copy()
         delta = other._shift - self._shift
@@ -76,7 +78,7 @@ class FeatureStats:
 
     def mean(self) -> np.ndarray:
         """Mean feature (d,)."""
-        if self.n < 1:
+        if self.n < 1 or self._shift is None:
             raise ValueError("no features added")
         return self._shift + self._sum / self.n
 
@@ -108,13 +110,13 @@ class FeatureStats:
             **header,
             "num_images": self.n,
         }
-        arrays = {
-            "mu": self.mean(),
-            "sigma": self.cov(),
-            "n": np.array(self.n, dtype=np.int64),
-            "header": np.array(json.dumps(full, sort_keys=True)),
-        }
-        return atomic_write(path, lambda f: np.savez(f, **arrays))
+        mu = self.mean()
+        sigma = self.cov()
+        n = np.array(self.n, dtype=np.int64)
+        header_array = np.array(json.dumps(full, sort_keys=True))
+        return atomic_write(
+            path, lambda f: np.savez(f, mu=mu, sigma=sigma, n=n, header=header_array)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple[FeatureStats, dict[str, Any]]:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -145,6 +145,11 @@ class ExtractionCounts:
     from_store: int = 0
 
 
+#: a feature extractor class; :meth:`FeatureProvider.shared` hands back the same class (the
+#: key starts with the extractor's ``name``, which each extractor class sets)
+E = TypeVar("E", bound=FeatureExtractor)
+
+
 class FeatureProvider:
     """The features a run's metrics ask for: from the store, else computed once and stored.
 
@@ -166,9 +171,9 @@ class FeatureProvider:
         self._batch_features: dict[str, dict[str, np.ndarray]] = {}
         self._recording: RunFeatures | None = None
 
-    def shared(self, extractor: FeatureExtractor) -> FeatureExtractor:
+    def shared(self, extractor: E) -> E:
         """One instance per extractor key: a metric's own copy is replaced by the first one seen."""
-        return self._extractors.setdefault(extractor.key(), extractor)
+        return cast(E, self._extractors.setdefault(extractor.key(), extractor))
 
     def _ids(self, images: torch.Tensor) -> list[str]:
         if self._batch_ref is None or self._batch_ref() is not images:
@@ -208,7 +213,7 @@ class FeatureProvider:
             counts.computed += len(todo)
             for layer in dims:
                 out[layer][todo] = computed[layer]
-            for i in todo:
+            for i in todo.tolist():
                 self._queue(extractor, ids[i], {layer: out[layer][i].copy() for layer in dims})
         self._batch_features[key] = out
         if self._recording is not None:
@@ -278,12 +283,11 @@ class RunFeatures:
             folder = self.folder / key
             for layer, spill in spills.items():
                 array = spill.array()
-                written.append(
-                    atomic_write(
-                        folder / f"{layer}.npy",
-                        lambda f, a=array: np.save(f, a, allow_pickle=False),
-                    )
-                )
+
+                def save(f: IO[bytes], a: np.ndarray = array) -> None:
+                    np.save(f, a, allow_pickle=False)
+
+                written.append(atomic_write(folder / f"{layer}.npy", save))
                 spill.close()
             meta = {
                 "format": FORMAT,
@@ -325,7 +329,7 @@ def export_reference_data(run_dir: str | os.PathLike, metrics: dict[str, Any]) -
     gate can recompute it from the run folder alone: FID's reference mean and covariance
     (``reference_stats.npz``, float32), other metrics' reference features
     (``reference.<layer>.npy``) when they are at most :data:`EXPORT_LIMIT_BYTES`."""
-    from evalkit.atomic import atomic_write
+    from evalkit.atomic import atomic_write, atomic_write_bytes
 
     written = []
     for entry in metrics.values():
@@ -339,15 +343,15 @@ def export_reference_data(run_dir: str | os.PathLike, metrics: dict[str, Any]) -
         if stats.get("path") and Path(stats["path"]).is_file():
             loaded, _ = FeatureStats.load(stats["path"])
             mu, sigma = loaded.mean().astype(np.float32), loaded.cov().astype(np.float32)
-            written.append(
-                atomic_write(
-                    folder / REFERENCE_STATS, lambda f, m=mu, s=sigma: np.savez(f, mu=m, sigma=s)
-                )
-            )
+
+            def save_stats(f: IO[bytes], m: np.ndarray = mu, s: np.ndarray = sigma) -> None:
+                np.savez(f, mu=m, sigma=s)
+
+            written.append(atomic_write(folder / REFERENCE_STATS, save_stats))
         elif refs.get("path") and Path(refs["path"]).is_file():
             source = Path(refs["path"])
             target = folder / f"reference.{features['layer']}.npy"
             if source.stat().st_size <= EXPORT_LIMIT_BYTES and not target.exists():
                 data = source.read_bytes()
-                written.append(atomic_write(target, lambda f, d=data: f.write(d)))
+                written.append(atomic_write_bytes(target, data))
     return written

@@ -21,9 +21,10 @@ else pass. Results measured under different protocols are refused before any sta
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class GateRun:
         }
 
 
-def _samples_frame(rows: list[dict[str, Any]]) -> Any:
+def _samples_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
     import pandas as pd
 
     return pd.DataFrame(
@@ -94,7 +95,7 @@ def load_run(ref: str | Path) -> GateRun:
     if path.is_dir() and (path / RECORD_FILE).is_file():
         return run_from_record(read_record(path))
     run = read_run(path, missing_hint="expected a run folder or results.json")
-    results = dict(run.results)
+    results: dict[str, Any] = dict(run.results)
     samples = None if run.samples is None else _samples_frame(run.samples)
     env = results["manifest"].get("environment") or {}
     return GateRun(str(path), run.folder, results, samples, commit=env.get("git_commit"))
@@ -209,6 +210,17 @@ class MetricVerdict:
     categories: list[MetricVerdict] = field(default_factory=list)
 
 
+class _TestInfo(TypedDict, total=False):
+    """How a metric was tested: keyword arguments of :class:`MetricVerdict` shared by its paths."""
+
+    n: int
+    unit: str
+    confidence: float
+    allowed: float
+    allowed_text: str
+    test: str
+
+
 @dataclass
 class GateReport:
     """Everything the gate decided, JSON-able with :meth:`to_dict`."""
@@ -287,12 +299,12 @@ def _prompt_level(
     va, vb = float(ea["value"]), float(eb["value"])
     pa, pb = _per_item(ea), _per_item(eb)
     allowed = rule.allowed_degradation(va)
-    for side, scores in ((base, pa), (cand, pb)):
-        if scores is None:
-            return _undecided(
-                name, "prompt", direction, va, vb,
-                f"no per-item scores for {name} in {side.label} (older results?)",
-            )  # fmt: skip
+    if pa is None or pb is None:
+        side = base if pa is None else cand
+        return _undecided(
+            name, "prompt", direction, va, vb,
+            f"no per-item scores for {name} in {side.label} (older results?)",
+        )  # fmt: skip
     missing = sorted(set(pa) - set(pb))
     if missing:
         return _undecided(
@@ -357,7 +369,7 @@ def _paired(
 ) -> MetricVerdict:
     n = len(ids)
     need = max(rule.min_samples, min_pairs(confidence), 2)
-    kw = {"n": n, "unit": "prompts", "confidence": confidence, "allowed": allowed,
+    kw: _TestInfo = {"n": n, "unit": "prompts", "confidence": confidence, "allowed": allowed,
           "allowed_text": rule.describe_allowed(), "test": test}  # fmt: skip
     if n < need:
         return _undecided(
@@ -391,7 +403,7 @@ def _set_level(
         f"difference, from per-image features, {rule.set_resamples} resamples, "
         f"{rule.confidence:.0%} percentile interval"
     )
-    kw = {"unit": "images", "confidence": rule.confidence, "allowed": allowed,
+    kw: _TestInfo = {"unit": "images", "confidence": rule.confidence, "allowed": allowed,
           "allowed_text": rule.describe_allowed(), "test": test}  # fmt: skip
     fa = load_set_features(base, name)
     if fa is None:
@@ -412,11 +424,12 @@ def _set_level(
             f"{len(fa.keys)} images (first: {missing[0][0]} #{missing[0][1]})", **kw,
         )  # fmt: skip
     n = len(fa.keys)
+    kw["n"] = n
     need = max(rule.min_samples, min_pairs(rule.confidence), 2)
     if n < need:
         return _undecided(
             name, "set", direction, va, vb,
-            f"{n} paired images, fewer than the {need} needed", n=n, **kw,
+            f"{n} paired images, fewer than the {need} needed", **kw,
         )  # fmt: skip
     aligned_b = np.asarray(fb.features)[[rows_b[k] for k in fa.keys]]
     iv = paired_set_bootstrap(
@@ -425,7 +438,7 @@ def _set_level(
     verdict, reason = decide(direction, iv.delta, iv.lo, iv.hi, allowed)
     return MetricVerdict(
         name, "set", direction, va, vb, verdict, reason,
-        delta=iv.delta, interval=[iv.lo, iv.hi], n=n, **kw,
+        delta=iv.delta, interval=[iv.lo, iv.hi], **kw,
     )  # fmt: skip
 
 

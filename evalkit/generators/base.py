@@ -95,6 +95,9 @@ class StagedGenerator(Protocol):
     and every stage's images must be independent of the batch, like ``generate``'s.
     """
 
+    name: str
+    """The model name, as on :class:`Generator` (which a staged generator also is)."""
+
     def stage_names(self) -> list[str]:
         """Unique stage labels in cascade order (the last is the final output)."""
         ...

@@ -341,6 +341,7 @@ def make_imagen_generator(options: dict[str, Any], context: GeneratorContext) ->
         text_load["path"] = str(options["text_encoder_path"])
     if as_bool(options.get("fetch", False), "fetch", WHERE):
         text_load["fetch"] = True
+    weights: dict[str, Any]  # stage key → checkpoint sha256, or {"random": presets and seed}
     if specs:
         if options.get("random"):
             raise UsageError(

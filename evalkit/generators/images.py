@@ -71,7 +71,8 @@ def _sha256(path: Path) -> str:
 
 def _candidates(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files directly in ``folder`` (sorted) and the names of the other files, ignored."""
-    images, others = [], []
+    images: list[Path] = []
+    others: list[Path] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue

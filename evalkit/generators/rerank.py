@@ -34,6 +34,7 @@ from evalkit.metrics.clip_models import (
     DEFAULT_PRETRAINED,
     ClipInfo,
     TensorPreprocess,
+    as_clip_model,
     load_clip,
 )
 from evalkit.options import as_int, check_known
@@ -162,11 +163,13 @@ class RerankGenerator(Generator):
 
     @torch.inference_mode()
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip_model.encode_text(tokens.to(self.device)).to("cpu", torch.float64)
+        clip = as_clip_model(self.clip_model)
+        return clip.encode_text(tokens.to(self.device)).to("cpu", torch.float64)
 
     @torch.inference_mode()
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.clip_model.encode_image(self.preprocess(images.to(self.device)))
+        clip = as_clip_model(self.clip_model)
+        feats = clip.encode_image(self.preprocess(images.to(self.device)))
         return feats.to("cpu", torch.float64)
 
     def _text_features(self, prompt: str) -> torch.Tensor:

@@ -78,7 +78,7 @@ class ToyGenerator(Generator):
         rng = numpy_rng(seed)
         n = self._native
         words = prompt.lower().replace(",", " ").split()
-        colours = [COLOURS[w] for w in words if w in COLOURS] or [
+        colours: list[tuple[int, ...]] = [COLOURS[w] for w in words if w in COLOURS] or [
             tuple(int(sha256_text(prompt)[i : i + 2], 16) for i in (0, 2, 4))
         ]
         yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n

@@ -237,21 +237,22 @@ def build_blocks(service: RatingService, failed_auth: RateLimiter | None = None)
         def on_refresh(token: str | None) -> dict:
             return screen(token)
 
-        private = {"api_visibility": "private"}
-        demo.load(on_load, token_in, task_outputs, js=LOAD_JS, **private)
-        token_btn.click(on_token, token_box, task_outputs, js=TOKEN_JS, **private)
-        token_box.submit(on_token, token_box, task_outputs, js=TOKEN_JS, **private)
+        demo.load(on_load, token_in, task_outputs, js=LOAD_JS, api_visibility="private")
+        token_btn.click(on_token, token_box, task_outputs, js=TOKEN_JS, api_visibility="private")
+        token_box.submit(on_token, token_box, task_outputs, js=TOKEN_JS, api_visibility="private")
         submit_btn.click(
             on_submit,
             [token_state, view_state, image_state, *radios],
             task_outputs,
             js=SUBMIT_JS,
             trigger_mode="once",
-            **private,
+            api_visibility="private",
         )
         for btn in (undo_btn, undo_done_btn):
-            btn.click(on_undo, token_state, task_outputs, trigger_mode="once", **private)
-        refresh_btn.click(on_refresh, token_state, task_outputs, **private)
+            btn.click(
+                on_undo, token_state, task_outputs, trigger_mode="once", api_visibility="private"
+            )
+        refresh_btn.click(on_refresh, token_state, task_outputs, api_visibility="private")
     return demo
 
 

@@ -33,7 +33,7 @@ def fit_bradley_terry_batch(wins: np.ndarray, anchor: int | None = None) -> np.n
     if w.ndim != 3 or w.shape[1] != w.shape[2] or w.shape[1] < 2:
         raise ValueError("wins must be (R, M, M) over at least two models")
     r, m, _ = w.shape
-    bad = ~np.isfinite(w).all(axis=(1, 2)) | (w < 0).any(axis=(1, 2))
+    bad = np.asarray(~np.isfinite(w).all(axis=(1, 2)) | (w < 0).any(axis=(1, 2)))  # (R,)
     w = np.where(bad[:, None, None], 0.0, w)
     n = w + np.swapaxes(w, 1, 2)
     c = np.zeros((r, m))
@@ -89,7 +89,7 @@ def bradley_terry_with_intervals(
     lo, hi = cluster_bootstrap(
         w, lambda sums: fit_bradley_terry_batch(sums, anchor), n_resamples=n_resamples, seed=seed
     )
-    ratings = {
+    ratings: dict[str, dict[str, Any]] = {
         name: {"rating": float(point[k]), "ci": [float(lo[k]), float(hi[k])]}
         for k, name in enumerate(names)
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 from PIL import Image
@@ -13,6 +14,9 @@ from evalkit.atomic import atomic_write_json, atomic_write_text
 from evalkit.human.security import hash_token, new_id, new_token
 from evalkit.human.store import Store, connect
 from evalkit.human.study import DEFAULT_DB_FILE, Study, create_study
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 DEMO_ITEMS: list[tuple[str, str, str]] = [
     ("db-000", "A red colored car.", "Colors"),
@@ -91,6 +95,16 @@ def make_run(
     return run_dir
 
 
+class StudyOptions(TypedDict, total=False):
+    """The further keyword arguments of :func:`make_study`, passed on to ``create_study``."""
+
+    questions: list[str] | None
+    baseline: str | Path | None
+    schedule: str
+    undo_window_s: float
+    seed: int
+
+
 def make_study(
     root: str | Path,
     *,
@@ -102,7 +116,7 @@ def make_study(
     gold_tasks: int | None = 2,
     gold_every: int = 4,
     items: Sequence[tuple[str, str, str]] = DEMO_ITEMS,
-    **study_options: object,
+    **study_options: Unpack[StudyOptions],
 ) -> tuple[Study, Store, str]:
     """Synthetic runs plus a study on them, registered in a store: (study, store, admin token).
 

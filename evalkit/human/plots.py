@@ -42,17 +42,20 @@ def _bar_from_stats(label: str, s: dict) -> Bar | None:
 
 
 def preference_bars(
-    bars: Sequence[Bar], name_a: str, name_b: str, title: str, out_stem: Path
+    bars: Sequence[Bar | None], name_a: str, name_b: str, title: str, out_stem: Path
 ) -> list[Path]:
-    """Draw ``bars`` top to bottom; write ``out_stem``.png and .svg atomically; return the paths."""
+    """Draw ``bars`` top to bottom; write ``out_stem``.png and .svg atomically; return the paths.
+
+    None entries (no votes) are skipped.
+    """
     from matplotlib.patches import Rectangle
 
-    bars = [b for b in bars if b is not None]
-    height = 1.4 + 0.5 * max(1, len(bars))
+    shown = [b for b in bars if b is not None]
+    height = 1.4 + 0.5 * max(1, len(shown))
     fig = new_figure(7.5, height, layout=None)
     ax = fig.add_subplot()
-    ys = list(range(len(bars)))[::-1]
-    for y, b in zip(ys, bars, strict=True):
+    ys = list(range(len(shown)))[::-1]
+    for y, b in zip(ys, shown, strict=True):
         a, t, bb = 100 * b.p_a, 100 * b.p_tie, 100 * b.p_b
         ax.barh(y, a, color=COLOR_A, height=0.62)
         ax.barh(y, t, left=a, color=COLOR_TIE, height=0.62)
@@ -93,8 +96,8 @@ def preference_bars(
                     fontsize=8,
                     color=colour,
                 )
-    ax.set_yticks(ys, [f"{mpl_text(b.label)} (n={b.n})" for b in bars], fontsize=9)
-    ax.set_ylim(-0.6, len(bars) - 0.4)
+    ax.set_yticks(ys, [f"{mpl_text(b.label)} (n={b.n})" for b in shown], fontsize=9)
+    ax.set_ylim(-0.6, len(shown) - 0.4)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of votes")
     ax.set_title(mpl_text(title, limit=120), fontsize=10, pad=24)

@@ -347,7 +347,9 @@ def build_app(
     if proxies:
         from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-        app = ProxyHeadersMiddleware(app, trusted_hosts=proxies)
+        # uvicorn types ASGI apps with its own TypedDict scopes and events, starlette with plain
+        # mutable mappings: the same protocol at run time that the two stubs do not reconcile
+        app = ProxyHeadersMiddleware(app, trusted_hosts=proxies)  # type: ignore[arg-type,assignment]
     return app
 
 

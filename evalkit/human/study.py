@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import combinations
@@ -362,7 +363,7 @@ def make_pairs(keys: list[str], baseline: str | None) -> dict[str, Pair]:
 
 
 def create_study(
-    run_dirs: list[str | Path],
+    run_dirs: Sequence[str | Path],
     out: str | Path,
     *,
     suite: str,

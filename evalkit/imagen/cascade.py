@@ -225,6 +225,8 @@ class Cascade:
                         f"imagen: stage {stage.config.name} ({stage.config.resolution}px) {out.latency_s[-1]:.2f}s",
                         file=sys.stderr,
                     )
+            if prev is None:  # __init__ refuses a cascade without stages
+                raise RuntimeError("the cascade has no stages")
             out.images = prev.clamp(-1, 1).cpu()
             return out
 

@@ -8,9 +8,13 @@ from typing import Any
 from evalkit.errors import UsageError
 from evalkit.imagen.configs import EfficientUNetConfig, StageConfig, StageSampling, UNetConfig
 
-TINY_TEXT = {"kind": "tiny", "dim": 32, "max_length": 16, "seed": 0, "vocab": 1024}
-T5_XXL = {"kind": "t5", "name": "google/t5-v1_1-xxl", "max_length": 128}
-MINILM_TEXT = {"kind": "minilm", "name": "sentence-transformers/all-MiniLM-L6-v2", "max_length": 64}
+TINY_TEXT: dict[str, Any] = {"kind": "tiny", "dim": 32, "max_length": 16, "seed": 0, "vocab": 1024}
+T5_XXL: dict[str, Any] = {"kind": "t5", "name": "google/t5-v1_1-xxl", "max_length": 128}
+MINILM_TEXT: dict[str, Any] = {
+    "kind": "minilm",
+    "name": "sentence-transformers/all-MiniLM-L6-v2",
+    "max_length": 64,
+}
 
 
 def tiny_base(

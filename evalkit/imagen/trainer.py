@@ -181,7 +181,7 @@ def _examples(
                 steps_per_epoch, world, cfg.batch_size
             )[:, rank]
             for idx in order[offset:].flatten().tolist():
-                yield data[idx]  # type: ignore[index]
+                yield data[idx]
             epoch, offset = epoch + 1, 0
     skip = start * per_step
     while True:
@@ -240,7 +240,7 @@ def loss_on_batch(
         "mask": text.mask.to(device),
         "pooled": text.pooled.to(device),
     }
-    if stage.is_sr:
+    if stage.low_res is not None:  # stage.is_sr
         schedule = get_schedule(stage.schedule)
         aug_t = (torch.rand(b, generator=generator) * aug_max).to(device)
         aug_eps = torch.randn(images.shape, generator=generator).to(device)

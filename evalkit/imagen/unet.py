@@ -3,6 +3,8 @@ self-attention and text cross-attention at configured resolutions."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,14 +109,14 @@ class UNet(nn.Module):
         h = self.conv_in(with_lowres_cond(x, lowres, self.config.cond_channels))
         skips = []
         for level, down in zip(self.down, self.downsample, strict=True):
-            for layer in level:
+            for layer in cast(nn.ModuleList, level):
                 h = layer(h, emb, tokens, mask)
                 skips.append(h)
             h = down(h)
         for layer in self.mid:
             h = layer(h, emb, tokens, mask)
         for level, up in zip(self.up, self.upsample, strict=True):
-            for layer in level:
+            for layer in cast(nn.ModuleList, level):
                 h = layer(torch.cat([h, skips.pop()], dim=1), emb, tokens, mask)
             h = up(h)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -69,6 +69,24 @@ class ClipInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class ClipModel(Protocol):
+    """The part of an open_clip model (``CLIP``, ``CustomTextCLIP``) that evalkit calls."""
+
+    visual: torch.nn.Module
+    #: (width, embed_dim); only on ``CLIP`` (read when ``visual`` has no ``output_dim``)
+    text_projection: torch.Tensor
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+
+def as_clip_model(model: torch.nn.Module) -> ClipModel:
+    """``model`` typed as an open_clip model: ``nn.Module.__getattr__`` only knows tensors and
+    submodules, not open_clip's methods. No check and no copy: the same object."""
+    return cast(ClipModel, model)
 
 
 class TensorPreprocess:
@@ -248,7 +266,7 @@ def hub_offline() -> Iterator[None]:
     constants: Any = None
     saved_flag = None
     try:
-        from huggingface_hub import constants  # type: ignore[no-redef]
+        from huggingface_hub import constants
 
         saved_flag = constants.HF_HUB_OFFLINE
     except ImportError:
@@ -439,9 +457,8 @@ def load_clip(
     preprocess = _preprocess_for(model)
     with hub_offline():
         tokenizer = open_clip.get_tokenizer(arch)
-    context_length = int(
-        getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77)
-    )
+    length: Any = getattr(tokenizer, "context_length", None) or getattr(model, "context_length", 77)
+    context_length = int(length)
     info = ClipInfo(
         model=model_name,
         pretrained=tag,

@@ -40,6 +40,7 @@ from evalkit.metrics.clip_models import (
     DEFAULT_PRETRAINED,
     ClipInfo,
     TensorPreprocess,
+    as_clip_model,
     load_clip,
 )
 from evalkit.options import as_int, check_known
@@ -74,6 +75,12 @@ class _PromptState:
     cos_sum: float = 0.0
     hessel_sum: float = 0.0
     samples: set[int] = field(default_factory=set)
+
+    def text(self) -> torch.Tensor:
+        """The text embedding, which scoring any of the prompt's images computes first."""
+        if self.text_features is None:
+            raise RuntimeError(f"clip_score: prompt {self.prompt!r} has no text embedding yet")
+        return self.text_features
 
 
 def count_tokens(tokenizer: Any, prompt: str) -> int | None:
@@ -155,12 +162,13 @@ class ClipScore(Metric):
         self._warned_truncation = False
         #: the run's feature provider (image embeddings computed once and stored); None: direct
         self.features = features
+        clip = as_clip_model(model)
         self.embed_dim = int(
-            getattr(model.visual, "output_dim", 0) or model.text_projection.shape[-1]
+            getattr(clip.visual, "output_dim", 0) or clip.text_projection.shape[-1]
         )
         self._extractor = ClipImageEmbeddings(self)
         if features is not None:
-            self._extractor = features.shared(self._extractor)  # type: ignore[assignment]
+            self._extractor = features.shared(self._extractor)
 
     def extractors(self) -> list[FeatureExtractor]:
         return [self._extractor] if self.features is not None else []
@@ -170,7 +178,7 @@ class ClipScore(Metric):
     @torch.inference_mode()
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Raw float64 image embeddings of exactly ``batch_size`` uint8 images (one micro-batch)."""
-        feats = self.model.encode_image(self.preprocess(images.to(self.device)))
+        feats = as_clip_model(self.model).encode_image(self.preprocess(images.to(self.device)))
         return feats.to("cpu", torch.float64)
 
     @torch.inference_mode()
@@ -178,7 +186,9 @@ class ClipScore(Metric):
         """Raw float32 text embeddings of up to ``batch_size`` prompts, run as one padded
         micro-batch (the tokenizer truncates at its context length)."""
         tokens = self.tokenizer(pad_rows(prompts, self.batch_size)).to(self.device)
-        return self.model.encode_text(tokens).to("cpu", torch.float32)[: len(prompts)]
+        return (
+            as_clip_model(self.model).encode_text(tokens).to("cpu", torch.float32)[: len(prompts)]
+        )
 
     def _is_truncated(self, prompt: str) -> bool:
         n = count_tokens(self.tokenizer, prompt)
@@ -240,7 +250,7 @@ class ClipScore(Metric):
                 self._encode_images, images, size=self.batch_size, workers=self._workers
             )
         feats = feats / feats.norm(dim=-1, keepdim=True)
-        text = torch.stack([self._prompts[i].text_features for i in item_ids]).to(torch.float64)
+        text = torch.stack([self._prompts[i].text() for i in item_ids]).to(torch.float64)
         text = text / text.norm(dim=-1, keepdim=True)
         cos = (feats * text).sum(-1)
         for i, c in zip(item_ids, cos.tolist(), strict=True):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.base import FeatureExtractor
 from evalkit.features.stats import FeatureSpill, FeatureStats
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.frechet import frechet_distance, frechet_distance_infinity, psd_factor
@@ -148,7 +149,7 @@ class FrechetInceptionDistance(Metric):
         self._ref: tuple[FeatureStats, dict[str, Any]] | None = None
         self._pending = feature_stream(self._add_features)
 
-    def extractors(self) -> list[InceptionExtractor]:
+    def extractors(self) -> list[FeatureExtractor]:
         return [self.extractor]
 
     @property
@@ -197,7 +198,7 @@ class FrechetInceptionDistance(Metric):
         interval = None
         values: dict[str, float] = {}
         if self._spill is not None and self.bootstrap > 0:
-            boot = self._bootstrap(ref_mu, ref_sigma, factor)
+            boot = self._bootstrap(self._spill.array(), ref_mu, ref_sigma, factor)
             lo, hi = np.quantile(boot, [0.025, 0.975])
             interval = (float(lo), float(hi))
             values = {
@@ -261,9 +262,8 @@ class FrechetInceptionDistance(Metric):
         )
 
     def _bootstrap(
-        self, ref_mu: np.ndarray, ref_sigma: np.ndarray, factor: np.ndarray
+        self, features: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray, factor: np.ndarray
     ) -> np.ndarray:
-        features = self._spill.array()
         n = features.shape[0]
         rng = np.random.Generator(np.random.PCG64(self.context.seed))
         out = np.empty(self.bootstrap, dtype=np.float64)

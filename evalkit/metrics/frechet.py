@@ -17,6 +17,8 @@ eigenvalues of the non-symmetric product Σ1Σ2 (what torch-fidelity computes).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 from scipy.linalg import eigh
 from scipy.linalg.lapack import dsygst
@@ -174,6 +176,17 @@ def frechet_distance_to_features(
     return float(diff @ diff + np.trace(s1) + trace2 - 2.0 * np.sqrt(eig).sum())
 
 
+class FDInfinity(TypedDict):
+    """:func:`frechet_distance_infinity`'s result."""
+
+    #: FD∞, the intercept of the fitted line
+    value: float
+    slope: float
+    #: the subset sizes and their Fréchet distances
+    sizes: list[int]
+    fds: list[float]
+
+
 def frechet_distance_infinity(
     reference_mu: np.ndarray,
     reference_sigma: np.ndarray,
@@ -181,7 +194,7 @@ def frechet_distance_infinity(
     *,
     num_points: int = 15,
     seed: int = 0,
-) -> dict[str, float | list[int] | list[float]]:
+) -> FDInfinity:
     """FD∞ (Chong & Forsyth 2020, as dgm-eval computes it): the Fréchet distance extrapolated to
     infinitely many generated samples.
 

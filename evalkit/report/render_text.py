@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from evalkit.results import (
@@ -31,7 +31,7 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def metric_table_text(results: dict[str, Any]) -> str:
+def metric_table_text(results: Mapping[str, Any]) -> str:
     """Every metric's value, 95% interval (where computed) and sample size, flagged when uncalibrated."""
     rows = []
     for name, entry in results["metrics"].items():

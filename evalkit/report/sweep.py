@@ -10,6 +10,7 @@ against the parameter instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def _title_color(suffix: str) -> str:
 
 
 def sweep_points(
-    results: list[dict[str, Any]], param: str, values: list[Any]
+    results: Sequence[Mapping[str, Any]], param: str, values: list[Any]
 ) -> list[dict[str, Any]]:
     """One row per run: parameter value, run id, and each sweep metric's value and interval."""
     points = []
@@ -156,7 +157,7 @@ def _sweep_md(points: list[dict[str, Any]], param: str, warnings: list[str], plo
 
 
 def render_sweep(
-    results: list[dict[str, Any]],
+    results: Sequence[Mapping[str, Any]],
     param: str,
     values: list[Any],
     out_dir: Path,

@@ -528,7 +528,9 @@ class CocoSuite(Suite):
         else:
             explicit = root is not None
             self.source = _FolderSource(
-                Path(root).expanduser() if explicit else default_root(), RELEASES[year], explicit
+                Path(root).expanduser() if root is not None else default_root(),
+                RELEASES[year],
+                explicit,
             )
         self._eligible = [i for i, im in enumerate(self.source.images) if im.captions]
         if num_samples > len(self._eligible):

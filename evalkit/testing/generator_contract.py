@@ -46,6 +46,7 @@ The rules (see :mod:`evalkit.generators.base` and :mod:`evalkit.batching`):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -445,11 +446,12 @@ def check_invalid_output_refused(images: torch.Tensor, resolution: int, model: s
     for bad_value in (math.nan, math.inf):
         poisoned = floats.clone()
         poisoned[n // 2, 0, 0, 0] = bad_value
-        corrupt[f"float images with {bad_value} (dtype check)"] = lambda p=poisoned: check_output(
-            p, n, resolution, model
+        # partial binds this iteration's tensor (a bare lambda would see the last one)
+        corrupt[f"float images with {bad_value} (dtype check)"] = functools.partial(
+            check_output, poisoned, n, resolution, model
         )
-        corrupt[f"float images with {bad_value} through float_to_uint8"] = lambda p=poisoned: (
-            float_to_uint8(p)
+        corrupt[f"float images with {bad_value} through float_to_uint8"] = functools.partial(
+            float_to_uint8, poisoned
         )
     for what, call in corrupt.items():
         _expect_refused(failures, what, call)
