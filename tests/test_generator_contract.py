@@ -44,6 +44,7 @@ from evalkit.testing import (
 )
 from evalkit.testing import generator_contract as contract
 from tests.conftest import TinySuite
+from tests.fixtures_fid import one_thread  # noqa: F401 (module fixture used by name)
 
 RES = 32
 HAS_DIFFUSERS = all(importlib.util.find_spec(m) for m in ("diffusers", "transformers"))
@@ -59,12 +60,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
