@@ -153,6 +153,20 @@ class _Backbone(FeatureExtractor):
 # --------------------------------------------------------------------------- VGG16
 
 
+class _FileBackbone(_Backbone):
+    """A backbone loaded from a weights file, or a tiny random network when there is none."""
+
+    full_dim: int = 0
+    tiny_dim: int = 0
+    tiny_name: str = ""
+
+    def __init__(self, weights: Path | None, weights_sha256: str, device: str, source: str) -> None:
+        super().__init__(weights, weights_sha256, device, source)
+        self.dim = self.full_dim if weights is not None else self.tiny_dim
+        if weights is None:
+            self.name = self.tiny_name
+
+
 class _TinyVgg(torch.nn.Module):
     """A small random stand-in with VGG16's interface (fc2_relu of 64-d), for plumbing only."""
 
@@ -171,18 +185,13 @@ class _TinyVgg(torch.nn.Module):
         return (torch.relu(self.fc(self.features(x / 255.0).flatten(1))),)
 
 
-class Vgg16Extractor(_Backbone):
+class Vgg16Extractor(_FileBackbone):
     """torch-fidelity's VGG16 extractor, layer fc2_relu (4096-d)."""
 
     name = "vgg16"
     layer = "fc2_relu"
     preprocessing = "torch-fidelity: TF1 bilinear to 224, ImageNet mean/std"
-
-    def __init__(self, weights: Path | None, weights_sha256: str, device: str, source: str) -> None:
-        super().__init__(weights, weights_sha256, device, source)
-        self.dim = 4096 if weights is not None else 64
-        if weights is None:
-            self.name = "vgg16-tiny-random"
+    full_dim, tiny_dim, tiny_name = 4096, 64, "vgg16-tiny-random"
 
     def _build(self) -> torch.nn.Module:
         if self.weights is None:
@@ -205,18 +214,13 @@ class Vgg16Extractor(_Backbone):
 # --------------------------------------------------------------------------- DINOv2
 
 
-class DinoV2Extractor(_Backbone):
+class DinoV2Extractor(_FileBackbone):
     """DINOv2 ViT-L/14 CLS token (1024-d) with dgm-eval's preprocessing."""
 
     name = "dinov2-vit-l-14"
     layer = "cls"
     preprocessing = "dgm-eval: PIL bicubic to 224x224, [0,1], ImageNet mean/std"
-
-    def __init__(self, weights: Path | None, weights_sha256: str, device: str, source: str) -> None:
-        super().__init__(weights, weights_sha256, device, source)
-        self.dim = 1024 if weights is not None else 32
-        if weights is None:
-            self.name = "dinov2-tiny-random"
+    full_dim, tiny_dim, tiny_name = 1024, 32, "dinov2-tiny-random"
 
     def _build(self) -> torch.nn.Module:
         from transformers import Dinov2Config, Dinov2Model

@@ -121,50 +121,62 @@ def _backbone_options(options: dict[str, Any], extra: Sequence[str], where: str)
     return options
 
 
-def make_prc(options: dict[str, Any], context: MetricContext) -> FeatureSetMetric:
-    """Registry factory. Options: ``k`` (3), ``weights_path`` (torchvision VGG16), ``backbone``."""
-    options = _backbone_options(options, ("k",), "metric 'prc'")
-    k = as_int(options.get("k", 3), "k", "metric 'prc'", minimum=1)
+def _vgg16_knn_metric(
+    name: str,
+    default_k: int,
+    options: dict[str, Any],
+    context: MetricContext,
+    score: Callable[[np.ndarray, np.ndarray, int], tuple[float, dict[str, float]]],
+    estimator: str,
+    description: str,
+) -> FeatureSetMetric:
+    """A k-NN manifold metric on VGG16 fc2_relu features (prc and density/coverage)."""
+    where = f"metric {name!r}"
+    options = _backbone_options(options, ("k",), where)
+    k = as_int(options.get("k", default_k), "k", where, minimum=1)
     extractor = resolve_vgg16(
         options.get("weights_path"), context.cache_dir, context.device,
         context.allow_random_weights, options.get("backbone", "default"),
     )  # fmt: skip
-
-    def score(ref: np.ndarray, gen: np.ndarray) -> tuple[float, dict[str, float]]:
-        out = precision_recall(ref, gen, k=k)
-        return out["precision"], {"recall": out["recall"], "f_score": out["f_score"]}
-
     metric = FeatureSetMetric(
-        "prc", context, extractor, "fc2_relu", score, k + 1,
-        {"k": k, "estimator": "Kynkäänniemi et al. 2019 precision (value) and recall; "
-         "torch-fidelity 0.4 calculate_precision_recall_part (a point on a ball's boundary is inside)"},
+        name, context, extractor, "fc2_relu", lambda ref, gen: score(ref, gen, k), k + 1,
+        {"k": k, "estimator": estimator},
     )  # fmt: skip
-    metric.description = "precision/recall on VGG16 features"
+    metric.description = description
     metric.higher_is_better = True
     return metric
+
+
+def _prc_score(ref: np.ndarray, gen: np.ndarray, k: int) -> tuple[float, dict[str, float]]:
+    out = precision_recall(ref, gen, k=k)
+    return out["precision"], {"recall": out["recall"], "f_score": out["f_score"]}
+
+
+def _density_coverage_score(
+    ref: np.ndarray, gen: np.ndarray, k: int
+) -> tuple[float, dict[str, float]]:
+    out = density_coverage(ref, gen, k=k)
+    return out["coverage"], {"density": out["density"]}
+
+
+def make_prc(options: dict[str, Any], context: MetricContext) -> FeatureSetMetric:
+    """Registry factory. Options: ``k`` (3), ``weights_path`` (torchvision VGG16), ``backbone``."""
+    return _vgg16_knn_metric(
+        "prc", 3, options, context, _prc_score,
+        "Kynkäänniemi et al. 2019 precision (value) and recall; torch-fidelity 0.4 "
+        "calculate_precision_recall_part (a point on a ball's boundary is inside)",
+        "precision/recall on VGG16 features",
+    )  # fmt: skip
 
 
 def make_density_coverage(options: dict[str, Any], context: MetricContext) -> FeatureSetMetric:
     """Registry factory. Options: ``k`` (5), ``weights_path`` (torchvision VGG16), ``backbone``."""
-    options = _backbone_options(options, ("k",), "metric 'density_coverage'")
-    k = as_int(options.get("k", 5), "k", "metric 'density_coverage'", minimum=1)
-    extractor = resolve_vgg16(
-        options.get("weights_path"), context.cache_dir, context.device,
-        context.allow_random_weights, options.get("backbone", "default"),
+    return _vgg16_knn_metric(
+        "density_coverage", 5, options, context, _density_coverage_score,
+        "Naeem et al. 2020 coverage (value) and density, prdc package definitions (strict <), "
+        "float64 distances",
+        "density/coverage on VGG16 features",
     )  # fmt: skip
-
-    def score(ref: np.ndarray, gen: np.ndarray) -> tuple[float, dict[str, float]]:
-        out = density_coverage(ref, gen, k=k)
-        return out["coverage"], {"density": out["density"]}
-
-    metric = FeatureSetMetric(
-        "density_coverage", context, extractor, "fc2_relu", score, k + 1,
-        {"k": k, "estimator": "Naeem et al. 2020 coverage (value) and density, prdc package "
-         "definitions (strict <), float64 distances"},
-    )  # fmt: skip
-    metric.description = "density/coverage on VGG16 features"
-    metric.higher_is_better = True
-    return metric
 
 
 def make_cmmd(options: dict[str, Any], context: MetricContext) -> FeatureSetMetric:

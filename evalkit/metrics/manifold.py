@@ -32,6 +32,15 @@ def _check(features: np.ndarray, what: str) -> np.ndarray:
     return features
 
 
+def _feature_pair(real: np.ndarray, fake: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets checked: non-empty (N, D) matrices of the same dimension."""
+    real = _check(real, f"{what}: real features")
+    fake = _check(fake, f"{what}: generated features")
+    if real.shape[1] != fake.shape[1]:
+        raise InputError(f"{what}: feature dimensions differ ({real.shape[1]} vs {fake.shape[1]})")
+    return real, fake
+
+
 def _blocks(x: np.ndarray, block: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(start, rows as float64, their squared norms) for consecutive blocks of ``x``."""
     for start in range(0, x.shape[0], block):
@@ -71,14 +80,7 @@ def density_coverage(
     real: np.ndarray, fake: np.ndarray, k: int = 5, block: int = DEFAULT_BLOCK
 ) -> dict[str, float]:
     """Density and coverage of ``fake`` against ``real`` (Naeem et al. 2020, k-NN balls of ``real``)."""
-    real, fake = (
-        _check(real, "density/coverage: real features"),
-        _check(fake, "density/coverage: generated features"),
-    )
-    if real.shape[1] != fake.shape[1]:
-        raise InputError(
-            f"density/coverage: feature dimensions differ ({real.shape[1]} vs {fake.shape[1]})"
-        )
+    real, fake = _feature_pair(real, fake, "density/coverage")
     r2 = _kth_squared(real, k, block)
     inside = torch.zeros(fake.shape[0], dtype=torch.float64)
     nearest = torch.full((real.shape[0],), float("inf"), dtype=torch.float64)
@@ -100,14 +102,7 @@ def precision_recall(
     real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = DEFAULT_BLOCK
 ) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019), torch-fidelity's definitions."""
-    real, fake = (
-        _check(real, "precision/recall: real features"),
-        _check(fake, "precision/recall: generated features"),
-    )
-    if real.shape[1] != fake.shape[1]:
-        raise InputError(
-            f"precision/recall: feature dimensions differ ({real.shape[1]} vs {fake.shape[1]})"
-        )
+    real, fake = _feature_pair(real, fake, "precision/recall")
     for what, x in (("real", real), ("generated", fake)):
         if x.shape[0] <= k:
             raise InputError(
