@@ -125,15 +125,22 @@ class BlindImageCache:
         self._size = 0
         self._lock = threading.Lock()
 
-    def get(self, path: Path, roots: Iterable[Path]) -> bytes:
-        """The blinded bytes of ``path``; NotFound unless it is a readable image inside ``roots``
-        (resolved folders)."""
+    def peek(self, path: Path) -> bytes | None:
+        """``path``'s blinded bytes if they are in memory (no file is read); else None."""
         key = str(path)
         with self._lock:
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
-                return data
+            return data
+
+    def get(self, path: Path, roots: Iterable[Path]) -> bytes:
+        """The blinded bytes of ``path``; NotFound unless it is a readable image inside ``roots``
+        (resolved folders)."""
+        data = self.peek(path)
+        if data is not None:
+            return data
+        key = str(path)
         data = blind_png(path, roots)
         with self._lock:
             if key not in self._items and len(data) <= self.max_bytes:

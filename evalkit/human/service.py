@@ -345,28 +345,49 @@ class RatingService:
         return receipt
 
     # ---------------------------------------------------------------- images
-    def _image_path(self, assignment_id: object, slot: object) -> Path:
+    def _image_source(
+        self, assignment_id: object, slot: object, memory_only: bool = False
+    ) -> tuple[Path, str] | None:
+        """(source file, rater id) of an image reference, after every check; with
+        ``memory_only``, None where answering would need a database read."""
         assignment_id = check_id(assignment_id, "image reference")
         m = _SLOT_RE.match(slot) if isinstance(slot, str) else None
         if m is None or int(m.group(2)) >= self.study.images_per_side:
             raise NotFound("unknown image")
-        a = self._assignment(assignment_id)
+        a = self._assignments.get(assignment_id)
         if a is None:
-            raise NotFound("unknown image")
-        if a.rater_id in self._revoked():
+            if memory_only:
+                return None
+            a = self._assignment(assignment_id)
+            if a is None:
+                raise NotFound("unknown image")
+        revoked = self._revoked(memory_only)
+        if revoked is None:
+            return None
+        if a.rater_id in revoked:
             raise AuthError("this access token was revoked: its images are no longer shown")
-        self.image_limiter.take(a.rater_id)
         source = a.left_source if m.group(1) == "a" else a.right_source
-        return self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))]
+        return self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))], a.rater_id
 
-    def _revoked(self) -> set[str]:
-        """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds."""
+    def _revoked(self, memory_only: bool = False) -> set[str] | None:
+        """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds (with
+        ``memory_only``, None when that read is due)."""
         with self._revoked_lock:
             now = time.monotonic()
             if now - self._revoked_read > REVOKED_TTL_S:
+                if memory_only:
+                    return None
                 self._revoked_ids = self.store.revoked_raters(self.study.study_id)
                 self._revoked_read = now
             return self._revoked_ids
+
+    def _spend_image(self, assignment_id: object, slot: object) -> Path:
+        """The source file of an image reference, after one unit of its rater's image bucket."""
+        found = self._image_source(assignment_id, slot)
+        if found is None:  # only memory_only answers None
+            raise NotFound("unknown image")
+        self.image_limiter.take(found[1])
+        return found[0]
 
     def image_file(self, assignment_id: object, slot: object) -> Path:
         """The file behind an opaque image reference ``/img/<assignment>/<a|b><index>``.
@@ -375,7 +396,7 @@ class RatingService:
         REVOKED_TTL_S of the revocation); every image request spends one unit of the rater's
         image bucket.
         """
-        path = self._image_path(assignment_id, slot)
+        path = self._spend_image(assignment_id, slot)
         try:
             inside = any(path.resolve().is_relative_to(r) for r in self._roots)
         except (OSError, RuntimeError):  # a symlink loop swapped in under the running server
@@ -386,7 +407,19 @@ class RatingService:
 
     def image(self, assignment_id: object, slot: object) -> bytes:
         """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
-        return self.images.get(self._image_path(assignment_id, slot), self._roots)
+        return self.images.get(self._spend_image(assignment_id, slot), self._roots)
+
+    def image_in_memory(self, assignment_id: object, slot: object) -> bytes | None:
+        """``image`` if it needs no file or database read; else None, and nothing is spent.
+
+        The server tries this on its event loop and falls back to ``image`` in a worker thread.
+        """
+        found = self._image_source(assignment_id, slot, memory_only=True)
+        data = None if found is None else self.images.peek(found[0])
+        if found is None or data is None:
+            return None
+        self.image_limiter.take(found[1])
+        return data
 
     # ---------------------------------------------------------------- admin
     def progress(self, admin_token: object) -> dict[str, Any]:
