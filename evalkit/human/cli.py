@@ -267,6 +267,14 @@ def serve(
             "Without it the client address is the TCP peer.",
         ),
     ] = None,
+    image_cache_mb: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Memory for re-encoded images (MiB). Give it what the study's images need "
+            "(the server says so at start): a smaller cache re-encodes nearly every image.",
+        ),
+    ] = 1024,
     db: DbOption = None,
     db_file: DbFileOption = None,
 ) -> None:
@@ -278,7 +286,17 @@ def serve(
 
     proxies = parse_trusted_proxies(_split(trusted_proxy))
     study = load_study(study_dir)
-    service = RatingService(study, _store(study, db, db_file))
+    service = RatingService(
+        study, _store(study, db, db_file), image_cache_bytes=image_cache_mb << 20
+    )
+    need_mb = -(-service.shown_images_bytes() // (1 << 20))
+    log(f"images: {need_mb} MiB re-encoded for raters; image cache {image_cache_mb} MiB")
+    if need_mb > image_cache_mb:
+        log(
+            f"warning: the image cache ({image_cache_mb} MiB) cannot hold the study's images "
+            f"({need_mb} MiB): most image requests will decode and re-encode a file, which "
+            f"slows every rater's tasks; give it --image-cache-mb {need_mb} if memory allows"
+        )
     log(f"serving study {study.study_id} on http://{host}:{port}/ (Ctrl-C stops)")
     with _reraise_sigint():
         run_server(service, host=host, port=port, ui=not no_ui, trusted_proxies=proxies)

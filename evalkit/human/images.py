@@ -10,7 +10,9 @@ headers for every image and no validators (no ``Last-Modified``, no ``ETag``).
 
 Costs: an uncompressed PNG is about 3 bytes per pixel (197 KB at 256 px, 3 MB at 1024 px).
 What remains visible is the pixel size: runs of different resolutions are told apart by it
-(``evalkit rate create`` warns). Recently served images are kept in memory (LRU by bytes).
+(``evalkit rate create`` warns). Re-encoded images are kept in memory (LRU by bytes, 1 GiB
+by default, ``evalkit rate serve --image-cache-mb``), and the server says at start whether the
+study's images fit: re-encoding costs 2.5 ms of CPU per 256-px image, a cache hit nothing.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def encode_blind(image: Image.Image) -> bytes:
         + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 0))
         + _chunk(b"IEND", b"")
     )
+
+
+def blinded_length(width: int, height: int) -> int:
+    """The length of ``encode_blind``'s PNG of a ``width`` x ``height`` image, to within 0.1 %."""
+    raw = height * (3 * width + 1)
+    stored_blocks = raw // 16_000 + 1  # zlib's level 0 writes stored blocks of 16-64 KiB
+    return len(PNG_SIGNATURE) + 3 * 12 + 13 + 6 + raw + 5 * stored_blocks
 
 
 def _unavailable(path: Path, why: str) -> NotFound:
@@ -116,10 +125,31 @@ def blind_png(path: Path, roots: Iterable[Path]) -> bytes:
         raise _unavailable(path, f"not a readable image ({exc})") from None
 
 
-class BlindImageCache:
-    """Re-encoded images by source path, least recently used dropped beyond ``max_bytes``."""
+def blinded_bytes(paths: Iterable[Path]) -> int:
+    """What ``paths`` take re-encoded by ``encode_blind`` (pixel sizes from the files' headers;
+    unreadable files count nothing: serving them fails with its own message)."""
+    total = 0
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                total += blinded_length(im.width, im.height)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+    return total
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+
+DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
+
+
+class BlindImageCache:
+    """Re-encoded images by source path, least recently used dropped beyond ``max_bytes``.
+
+    Size it to hold every image a study shows: raters are handed the items with the fewest
+    votes first, so requests cycle through the study's images, which is the access pattern
+    on which an LRU cache smaller than the working set hits nothing at all.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0

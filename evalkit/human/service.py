@@ -34,7 +34,7 @@ from evalkit.human.errors import (
     PayloadTooLarge,
 )
 from evalkit.human.gold import gold_outcomes
-from evalkit.human.images import BlindImageCache
+from evalkit.human.images import DEFAULT_CACHE_BYTES, BlindImageCache, blinded_bytes
 from evalkit.human.schedule import DEFAULT_LEASE_S, pick_task
 from evalkit.human.security import (
     RateLimiter,
@@ -119,6 +119,7 @@ class RatingService:
         image_base: str = "img",
         rng: random.Random | None = None,
         resync_s: float = 10.0,
+        image_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         if not store.study_exists(study.study_id):
             raise NotFound(
@@ -137,7 +138,13 @@ class RatingService:
         self.image_base = image_base.rstrip("/")
         self.rng = rng if rng is not None else random.SystemRandom()
         self.counters = TaskCounters(study, store, clock=clock, resync_s=resync_s)
-        self.images = BlindImageCache()
+        self.images = BlindImageCache(image_cache_bytes)
+        # every (task, side) -> its image paths, built once: the image route is the hot path
+        self._side_paths = {
+            (task.task_id, source): tuple(study.side_paths(task, source))
+            for task in self.tasks.values()
+            for source in study.sides_of(task)
+        }
         self._roots = [r.resolve() for r in study.allowed_roots()]
         self._revoked_lock = threading.Lock()
         self._revoked_ids: set[str] = set()
@@ -367,7 +374,7 @@ class RatingService:
         if a.rater_id in revoked:
             raise AuthError("this access token was revoked: its images are no longer shown")
         source = a.left_source if m.group(1) == "a" else a.right_source
-        return self.study.side_paths(self.tasks[a.task_id], source)[int(m.group(2))], a.rater_id
+        return self._side_paths[(a.task_id, source)][int(m.group(2))], a.rater_id
 
     def _revoked(self, memory_only: bool = False) -> set[str] | None:
         """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds (with
@@ -408,6 +415,10 @@ class RatingService:
     def image(self, assignment_id: object, slot: object) -> bytes:
         """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
         return self.images.get(self._spend_image(assignment_id, slot), self._roots)
+
+    def shown_images_bytes(self) -> int:
+        """What every image the study can show takes re-encoded (what the cache must hold)."""
+        return blinded_bytes({p for paths in self._side_paths.values() for p in paths})
 
     def image_in_memory(self, assignment_id: object, slot: object) -> bytes | None:
         """``image`` if it needs no file or database read; else None, and nothing is spent.
