@@ -18,14 +18,18 @@ study's images fit: re-encoding costs 2.5 ms of CPU per 256-px image, a cache hi
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import stat
 import struct
 import threading
+import time
 import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +145,21 @@ def blinded_bytes(paths: Iterable[Path]) -> int:
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In a child process: exit within a second of the server's end, even a SIGKILL."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _started() -> None:
+    """A no-op job: unpickling it in a child process imports this module there."""
+
+
 class BlindImageCache:
     """Re-encoded images by source path, least recently used dropped beyond ``max_bytes``.
 
@@ -151,9 +170,11 @@ class BlindImageCache:
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
+        self._pool: ProcessPoolExecutor | None = None
         self._items: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+        self._stop_warming = threading.Event()
 
     def peek(self, path: Path) -> bytes | None:
         """``path``'s blinded bytes if they are in memory (no file is read); else None."""
@@ -171,7 +192,7 @@ class BlindImageCache:
         if data is not None:
             return data
         key = str(path)
-        data = blind_png(path, roots)
+        data = self._reencode(path, tuple(roots))
         with self._lock:
             if key not in self._items and len(data) <= self.max_bytes:
                 self._items[key] = data
@@ -180,3 +201,64 @@ class BlindImageCache:
                     _, old = self._items.popitem(last=False)
                     self._size -= len(old)
         return data
+
+    def use_processes(self, workers: int) -> None:
+        """Re-encode in ``workers`` child processes from now on (until ``close``).
+
+        A server answers votes and cached images on one event loop; re-encoding in its own
+        threads holds the interpreter lock for a good part of each image (~2.5 ms at 256 px),
+        and every request waits behind it. In child processes it holds none of the server's.
+        """
+        self.close()
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
+        for _ in range(workers):  # start them (and import this module there) before raters come
+            self._pool.submit(_started)
+
+    def warm(self, paths: Iterable[Path], roots: Iterable[Path]) -> threading.Thread:
+        """Re-encode ``paths`` in the background, one at a time, as far as the cache holds them.
+
+        One image at a time, so a rater's request never waits behind more than one of these.
+        Files that cannot be served are skipped (a rater's request for them says why).
+        Returns the (daemon) thread; ``close`` stops it.
+        """
+        todo, roots_t = list(paths), tuple(roots)
+
+        def run() -> None:
+            for path in todo:
+                if self._stop_warming.is_set():
+                    return
+                with self._lock:
+                    if self._size >= self.max_bytes:
+                        return  # more would push out what was just warmed
+                try:
+                    self.get(path, roots_t)
+                except (NotFound, RuntimeError):  # RuntimeError: the pool shut down
+                    continue
+
+        self._stop_warming.clear()
+        thread = threading.Thread(target=run, daemon=True, name="image-warm")
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Stop warming and the child processes (re-encoding then happens in the calling thread)."""
+        self._stop_warming.set()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reencode(self, path: Path, roots: tuple[Path, ...]) -> bytes:
+        pool = self._pool
+        if pool is None:
+            return blind_png(path, roots)
+        try:
+            return pool.submit(blind_png, path, roots).result()
+        except BrokenProcessPool:  # a child was killed (out of memory?): go on without them
+            log("image re-encoding processes died; re-encoding in the server process from now on")
+            self._pool = None
+            return blind_png(path, roots)

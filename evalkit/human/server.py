@@ -21,6 +21,7 @@ nobody can write a file). Pages carry a Content-Security-Policy with a per-respo
 from __future__ import annotations
 
 import gc
+import os
 import re
 import secrets
 import traceback
@@ -81,6 +82,7 @@ _SCRIPT_TAG = re.compile(rb"<script\b")
 GRADIO_MAX_BODY = 64 * 1024  # a task's answers are a few hundred bytes
 API_THREADS = 16
 IMAGE_THREADS = 8
+IMAGE_PROCESSES = max(1, min(4, os.cpu_count() or 1))  # re-encoding, beside the server
 KEEP_ALIVE_S = (
     75  # longer than a rater's pause, so an idle connection is not closed under a request
 )
@@ -415,13 +417,18 @@ def serve(
     # under the 50-rater load test). Moved out of the collector's reach once, here.
     gc.collect()
     gc.freeze()
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # our ProxyHeadersMiddleware decides, from --trusted-proxy only
-        server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    service.images.use_processes(IMAGE_PROCESSES)
+    service.warm_images()  # before raters arrive, where the cache holds them
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,  # our ProxyHeadersMiddleware decides, from --trusted-proxy only
+            server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
+    finally:
+        service.images.close()

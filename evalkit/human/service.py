@@ -416,9 +416,17 @@ class RatingService:
         """The blinded PNG behind an image reference (see ``evalkit.human.images``)."""
         return self.images.get(self._spend_image(assignment_id, slot), self._roots)
 
+    def shown_images(self) -> list[Path]:
+        """Every image the study can show, each once, in task order."""
+        return list(dict.fromkeys(p for paths in self._side_paths.values() for p in paths))
+
     def shown_images_bytes(self) -> int:
         """What every image the study can show takes re-encoded (what the cache must hold)."""
-        return blinded_bytes({p for paths in self._side_paths.values() for p in paths})
+        return blinded_bytes(self.shown_images())
+
+    def warm_images(self) -> None:
+        """Start re-encoding the study's images in the background (see ``BlindImageCache.warm``)."""
+        self.images.warm(self.shown_images(), self._roots)
 
     def image_in_memory(self, assignment_id: object, slot: object) -> bytes | None:
         """``image`` if it needs no file or database read; else None, and nothing is spent.
