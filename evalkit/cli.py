@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from evalkit.console import run_console
+from evalkit.console import DEFAULT_INTERRUPT_HINT, run_console
 from evalkit.errors import UsageError
 from evalkit.hashing import sha256_json
 from evalkit.results import Results, load_results
@@ -544,7 +544,10 @@ RESUME_HINT = (
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: errors print one line and map to the documented exit codes."""
-    return run_console(app, argv, interrupt_hint=RESUME_HINT)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # only `evalkit run` generates images, so only it can point at resuming after Ctrl-C
+    hint = RESUME_HINT if args[:1] == ["run"] else DEFAULT_INTERRUPT_HINT
+    return run_console(app, args, interrupt_hint=hint)
 
 
 if __name__ == "__main__":

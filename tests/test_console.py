@@ -255,3 +255,23 @@ def test_rate_serve_sigint_exits_130_without_a_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_sigint_on_rate_serve_exits_130_without_the_generation_resume_hint(tmp_path):
+    from evalkit.human.demo import make_study
+
+    study, _, _ = make_study(tmp_path, gold_tasks=0)
+    env = {k: v for k, v in os.environ.items() if k != "EVALKIT_RATE_DB"}
+    args = [str(EVALKIT), "rate", "serve", str(study.root), "--no-ui", "--port", "0"]
+    proc = start_interruptible(args, tmp_path, env)
+    seen = []
+    for line in proc.stderr:  # wait until it serves
+        seen.append(line)
+        if line.startswith("serving study"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "rerun the same command" not in err, err
+    assert "Traceback" not in err

@@ -413,7 +413,7 @@ def serve(
 
     app = build_app(service, ui=ui, trusted_proxies=trusted_proxies)
     # Gradio and the study leave hundreds of thousands of long-lived objects; each full
-    # collection walked all of them, a 200-230 ms pause of every request in flight (measured
+    # collection walked all of them, a 165-230 ms pause of every request in flight (measured
     # under the 50-rater load test). Moved out of the collector's reach once, here.
     gc.collect()
     gc.freeze()
