@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def test_the_memory_path_refuses_a_revoked_raters_images_like_the_file_path(env)
         svc.image(view.assignment_id, "a1")
     with pytest.raises(AuthError, match="revoked"):  # now re-read: refused from memory too
         svc.image_in_memory(view.assignment_id, "a1")
+
+
+def test_the_memory_path_never_waits_behind_a_slow_revocation_read(env):
+    """A worker thread re-reading revocations from a restarting database holds their lock; the
+    event loop's memory path must answer (or defer) without waiting for it."""
+    _, _, svc, _, token = env
+    view = svc.next_task(token)
+    data = svc.image(view.assignment_id, "a2")  # revocations read just now: fresh for 1 s
+    answers: list[bytes | None] = []
+    with svc._revoked_lock:  # the slow reader
+        asker = threading.Thread(
+            target=lambda: answers.append(svc.image_in_memory(view.assignment_id, "a2"))
+        )
+        asker.start()
+        asker.join(timeout=REVOKED_TTL_S / 2)
+        assert answers == [data]
 
 
 def test_shown_images_bytes_counts_every_image_the_study_can_show_re_encoded(env):

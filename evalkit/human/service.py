@@ -378,12 +378,18 @@ class RatingService:
 
     def _revoked(self, memory_only: bool = False) -> set[str] | None:
         """The study's revoked raters, re-read at most every REVOKED_TTL_S seconds (with
-        ``memory_only``, None when that read is due)."""
+        ``memory_only``, None when that read is due).
+
+        ``memory_only`` never waits for the lock: a worker thread may hold it through a slow
+        database read (a PostgreSQL restart), and the event loop must not stall behind it.
+        The set is replaced, never changed, and its time is written after it.
+        """
+        if memory_only:
+            fresh = time.monotonic() - self._revoked_read <= REVOKED_TTL_S
+            return self._revoked_ids if fresh else None
         with self._revoked_lock:
             now = time.monotonic()
             if now - self._revoked_read > REVOKED_TTL_S:
-                if memory_only:
-                    return None
                 self._revoked_ids = self.store.revoked_raters(self.study.study_id)
                 self._revoked_read = now
             return self._revoked_ids
