@@ -93,7 +93,9 @@ def test_the_memory_path_never_waits_behind_a_slow_revocation_read(env):
         )
         asker.start()
         asker.join(timeout=REVOKED_TTL_S / 2)
-        assert answers == [data]
+        # answered from memory, or (on a machine slow enough for the list to go stale) deferred
+        # to a worker thread: either way without waiting for the lock
+        assert answers in ([data], [None])
 
 
 def test_shown_images_bytes_counts_every_image_the_study_can_show_re_encoded(env):
