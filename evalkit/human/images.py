@@ -219,12 +219,12 @@ class BlindImageCache:
         for _ in range(workers):  # start them (and import this module there) before raters come
             self._pool.submit(_started)
 
-    def warm(self, paths: Iterable[Path], roots: Iterable[Path]) -> threading.Thread:
+    def warm(self, paths: Iterable[Path], roots: Iterable[Path]) -> None:
         """Re-encode ``paths`` in the background, one at a time, as far as the cache holds them.
 
         One image at a time, so a rater's request never waits behind more than one of these.
         Files that cannot be served are skipped (a rater's request for them says why).
-        Returns the (daemon) thread; ``close`` stops it.
+        Runs in a daemon thread; ``close`` stops it.
         """
         todo, roots_t = list(paths), tuple(roots)
 
@@ -241,9 +241,7 @@ class BlindImageCache:
                     continue
 
         self._stop_warming.clear()
-        thread = threading.Thread(target=run, daemon=True, name="image-warm")
-        thread.start()
-        return thread
+        threading.Thread(target=run, daemon=True, name="image-warm").start()
 
     def close(self) -> None:
         """Stop warming and the child processes (re-encoding then happens in the calling thread)."""
