@@ -15,7 +15,9 @@ page does, and counted. With ``--browsers N``, N headless Chromium pages (Debian
 and the time from Enter to the next task shown with all its images is measured.
 
 Prints p50/p99 of next task, vote and task images (all images of a task), the browser
-figure, and the refusals. Exit status 1 if a vote was lost or duplicated or a request failed.
+figure, and the refusals; ``--server-timings`` adds each route's p50/p99 as timed inside the
+server process (benchmarks/_timed_rating_server.py), without the clients' own queueing. Exit
+status 1 if a vote was lost or duplicated or a request failed.
 Raters pause ``--think-s`` seconds per task on average (uniform over 0.5-1.5 times it) and
 arrive spread over one pause; the default 0 is a burst far beyond real raters (all at once,
 no pause at all).
@@ -173,11 +175,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(study_dir: Path, db: str | None, ui: bool) -> tuple[subprocess.Popen, str]:
+TIMED_SERVER = Path(__file__).with_name("_timed_rating_server.py")
+
+
+def start_server(
+    study_dir: Path, db: str | None, ui: bool, timings: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``evalkit rate serve`` in a child process; with ``timings``, the timed server writes
+    each request's route and milliseconds there when it stops."""
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "evalkit.human.cli", "serve", str(study_dir), "--port", str(port)]
+    serve = ["serve", str(study_dir), "--port", str(port)]
+    if timings is None:
+        cmd = [sys.executable, "-m", "evalkit.human.cli", *serve]
+    else:
+        cmd = [sys.executable, str(TIMED_SERVER), str(timings), *serve]
     if not ui:
         cmd.append("--no-ui")
     env = {**os.environ}
@@ -304,6 +317,7 @@ def run(
     think_s: float = 0.0,
     client_procs: int = 2,
     fetch_images: bool = True,
+    server_timings: bool = False,
 ) -> dict:
     """Run the load test; returns the figures (and whether everything was stored exactly once)."""
     root = Path(workdir or tempfile.mkdtemp(prefix="evalkit-load-"))
@@ -316,7 +330,8 @@ def run(
     results: list[dict] = []
     extra: dict = {"browser": []}
     if mode == "http":
-        proc, base = start_server(study.root, db, ui=ui or browsers > 0)
+        timings = root / "server-timings.tsv" if server_timings else None
+        proc, base = start_server(study.root, db, ui=ui or browsers > 0, timings=timings)
         start_at = time.time() + 3.0
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
@@ -379,9 +394,14 @@ def run(
     else:
         raise SystemExit(f"--mode must be http or service, not {mode!r}")
     wall = max(r["end"] for r in results) - start_at if results else 0.0
+    server_ms: dict[str, list[float]] = {}
     if proc is not None:
         proc.terminate()
         proc.wait(timeout=30)
+        if server_timings:
+            for line in (root / "server-timings.tsv").read_text().splitlines():
+                route, ms = line.split("\t")
+                server_ms.setdefault(route, []).append(float(ms))
 
     merged: dict = {k: [] for k in ("next", "vote", "images", "acked", "errors")}
     refused = n_images = 0
@@ -437,6 +457,9 @@ def run(
         "browser_tasks": len(extra["browser"]),
         "browser_p50_ms": pct(extra["browser"], 50),
         "browser_p90_ms": pct(extra["browser"], 90),
+        "server_ms": {
+            route: (len(v), pct(v, 50), pct(v, 99)) for route, v in sorted(server_ms.items())
+        },
         "ok": ok,
     }
 
@@ -458,6 +481,11 @@ def main() -> int:
     ap.add_argument(
         "--skip-images", action="store_true", help="API only, as this benchmark was before"
     )
+    ap.add_argument(
+        "--server-timings",
+        action="store_true",
+        help="also time each request inside the server (benchmarks/_timed_rating_server.py)",
+    )
     args = ap.parse_args()
     r = run(
         args.raters,
@@ -472,6 +500,7 @@ def main() -> int:
         think_s=args.think_s,
         client_procs=args.client_procs,
         fetch_images=not args.skip_images,
+        server_timings=args.server_timings,
     )
 
     def ms(x: float | None) -> str:
@@ -495,6 +524,8 @@ def main() -> int:
             f"browser, Enter to next task shown with all images: p50 {ms(r['browser_p50_ms'])}, "
             f"p90 {ms(r['browser_p90_ms'])} over {r['browser_tasks']} tasks"
         )
+    for route, (n, p50, p99) in r["server_ms"].items():
+        print(f"server-side {route}: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {n} requests")
     if not r["ok"]:
         print(
             f"FAILED: {r['errors'] or 'stored votes do not match acknowledged votes'}",
