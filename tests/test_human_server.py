@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -266,20 +267,25 @@ def test_admin_endpoints_need_the_admin_token(served):
 @pytest.mark.slow
 def test_repeated_failed_tokens_from_one_client_are_throttled_but_valid_tokens_still_work(served):
     _, _, _, tokens, server = served
-    # The budget is 30 failures, refilled at 0.5 per second: count how many 401s came before
-    # the first 429 against what the elapsed time allows, so a slow machine cannot fail this
-    # (one keep-alive connection: the client's own cost per request is small).
+    # The budget is 30 failures (earlier tests on this server spent some), refilled at 0.5
+    # per second. Eight clients at once, so that even slow requests (a loaded machine, a proxy)
+    # outrun the refill; the 401s answered must stay within what the elapsed time allows.
     bad = {"Authorization": "Bearer " + "y" * 43}
     statuses: list[int] = []
     started = time.monotonic()
-    with httpx.Client(base_url=server.url, headers=bad, timeout=30) as client:
-        while 429 not in statuses and len(statuses) < 200:
-            statuses.append(client.post("/api/v1/next", json={}).status_code)
+
+    def client_until_refused() -> None:
+        with httpx.Client(base_url=server.url, headers=bad, timeout=30, trust_env=False) as c:
+            while 429 not in statuses and len(statuses) < 400:
+                statuses.append(c.post("/api/v1/next", json={}).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: client_until_refused(), range(8)))
     elapsed = time.monotonic() - started
     why = f"{len(statuses)} requests in {elapsed:.1f} s: {statuses}"
-    assert statuses[0] == 401 and statuses[-1] == 429, why
-    assert set(statuses[:-1]) == {401}, why
-    assert 30 <= len(statuses) - 1 <= 30 + 0.5 * elapsed + 1, why
+    assert 429 in statuses and statuses[0] == 401, why
+    assert set(statuses) == {401, 429}, why
+    assert statuses.count(401) <= 30 + 0.5 * elapsed + 8, why  # 8: answered while in flight
     r = server.post("/api/v1/next", "y" * 43)
     assert "Retry-After" in r.headers and "wait" in r.json()["error"]
     assert server.post("/api/v1/next", tokens["bob"]).status_code == 200  # same address
