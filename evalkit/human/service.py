@@ -440,10 +440,12 @@ class RatingService:
         The server tries this on its event loop and falls back to ``image`` in a worker thread.
         """
         found = self._image_source(assignment_id, slot, memory_only=True)
-        data = None if found is None else self.images.peek(found[0])
-        if found is None or data is None:
+        if found is None:
             return None
-        self.image_limiter.take(found[1])
+        path, rater_id = found
+        data = self.images.peek(path)
+        if data is not None:
+            self.image_limiter.take(rater_id)
         return data
 
     # ---------------------------------------------------------------- admin
